@@ -1,0 +1,31 @@
+# Two entry points for a fresh machine (Debian, Python 3.11, root): `make run` and `make test`.
+# Both create .venv/ and install what is missing: Python packages, and DCMTK, dicom3tools, Orthanc
+# from Debian's packages.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+DEBIAN_PACKAGES := dcmtk dicom3tools
+STAMP := $(VENV)/.installed
+
+.PHONY: run test lint setup
+
+run: setup
+	$(BIN)/knee-node serve --config config/node.yaml
+
+test: setup
+	$(BIN)/ruff check node tests
+	$(BIN)/pytest
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	@missing=""; for tool in storescu dciodvfy; do command -v $$tool >/dev/null || missing=1; done; \
+	if [ -n "$$missing" ]; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(DEBIAN_PACKAGES); \
+	fi
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	# torch first and by pip: the pinned wheels lie on this machine's disk (uv or poetry would download ~3 GB).
+	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
+	$(BIN)/pip install -q -e '.[test]'
+	touch $(STAMP)

@@ -1,0 +1,254 @@
+"""`knee-node` command line: one subcommand per path through the stages."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from pathlib import Path
+
+from node.config import Config, ConfigError, Destination, load_config
+from node.logs import quiet_libraries
+from node.model import DEFAULT_MODEL_DIR
+from node.queue import Queue
+from node.scu import parse_peer
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "node.yaml"
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from node.training.train import TrainOptions, train
+
+    spec = train(TrainOptions(data=args.data, out=args.out, name=args.out.name, epochs=args.epochs,
+                              batch_size=args.batch_size, lr=args.lr, image_size=args.image_size,
+                              loss=args.loss, seed=args.seed, device=args.device, resume=args.resume))
+    print(f"wrote {args.out} (temperature {spec.temperature}, sha256 {spec.sha256[:12]})")
+    return 0
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from node.analyze import Analyzer
+    from node.model import Grader
+    from node.offline import analyze_files
+    from node.report import Device
+    from node.selection import SelectionRules
+
+    missing = [path for path in args.inputs if not path.exists()]
+    if missing:
+        for path in missing:
+            print(f"{path}: no such file or directory", file=sys.stderr)
+        return 2
+    try:
+        analyzer = Analyzer(Grader(args.model, device=args.device))
+    except (OSError, ValueError) as error:
+        print(f"{args.model}: {error}", file=sys.stderr)
+        return 2
+    failed = False
+    rules = None if args.force else SelectionRules()
+    for result in analyze_files(args.inputs, args.out, analyzer, Device(), rules, args.batch_size):
+        failed |= result.status == "error"
+        if result.status == "error":
+            print(f"{result.file}: {result.reason}", file=sys.stderr)
+        if args.json:
+            print(json.dumps(asdict(result)), flush=True)
+        elif result.status == "ok":
+            grades = ", ".join(f"{k['laterality']} KL {k['grade']} ({100 * k['confidence']:.0f}%, {k['reliability']})"
+                               for k in result.knees)
+            print(f"{result.file}: {grades} -> {', '.join(result.outputs)}", flush=True)
+        elif result.status == "skipped":
+            print(f"{result.file}: skipped: {result.reason}", flush=True)
+    return 1 if failed else 0
+
+
+def load(path: Path) -> Config:
+    """The config, or exit 2 with the config error's one line."""
+    try:
+        return load_config(path)
+    except ConfigError as error:
+        print(error, file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from node.serve import serve
+
+    config = load(args.config)
+    try:
+        return serve(config, role=args.role)
+    except (OSError, ValueError) as error:  # port in use, model missing or altered
+        print(f"knee-node serve: {error}", file=sys.stderr)
+        return 1
+
+
+def peer_argument(text: str) -> Destination:
+    try:
+        return parse_peer(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def cmd_echo(args: argparse.Namespace) -> int:
+    from node.scu import echo
+
+    started = time.monotonic()
+    status = echo(args.peer, args.calling_ae)
+    if status is None:
+        print(f"{args.peer}: no association (refused, unreachable or timed out)", file=sys.stderr)
+        return 1
+    print(f"{args.peer}: C-ECHO status 0x{status:04X} in {1000 * (time.monotonic() - started):.0f} ms")
+    return 0 if status == 0 else 1
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from node.offline import expand
+    from node.scu import send
+
+    files = list(expand(args.files))
+    failed = 0
+    with tqdm(total=len(files), unit="file", desc=f"C-STORE to {args.peer}", file=sys.stderr) as progress:
+        for result in send(files, args.peer, args.calling_ae):
+            progress.update()
+            if result.status not in (0x0000, 0xB000, 0xB006, 0xB007):
+                failed += 1
+                reason = result.reason or f"status 0x{result.status:04X}"
+                progress.write(f"{result.path}: {reason}", file=sys.stderr)
+    print(f"sent {len(files) - failed} of {len(files)} to {args.peer}")
+    return 1 if failed else 0
+
+
+def open_node_queue(config: Config) -> Queue:
+    from node.queue import ANALYZE, DELIVER, open_queue
+
+    return open_queue(config.queue, config.data_dir, {ANALYZE: config.queue.max_attempts,
+                                                      DELIVER: config.dispatch.max_attempts})
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from node.queue import ANALYZE, DELIVER
+
+    queue = open_node_queue(load(args.config))
+    counts = queue.counts()
+    report = {topic: {"queued": counts.get(topic, {}).get("queued", 0),
+                      "leased": counts.get(topic, {}).get("leased", 0),
+                      "dead": counts.get(topic, {}).get("dead", 0),
+                      "oldest_seconds": round(age, 1) if (age := queue.oldest_age(topic)) is not None else None}
+              for topic in (ANALYZE, DELIVER)}
+    dead = [{"queue": d.job.topic, "key": d.job.key, "attempts": d.job.attempts, "error": d.error}
+            for d in queue.dead()]
+    queue.close()
+    if args.json:
+        print(json.dumps({"queues": report, "dead_letters": dead}))
+        return 0
+    for topic, row in report.items():
+        oldest = f"{row['oldest_seconds']} s" if row["oldest_seconds"] is not None else "-"
+        print(f"{topic:8} queued {row['queued']:6}  running {row['leased']:4}  dead {row['dead']:4}  oldest {oldest}")
+    for letter in dead:
+        print(f"dead {letter['queue']} {letter['key']} after {letter['attempts']} attempts: {letter['error']}")
+    return 0
+
+
+def cmd_requeue(args: argparse.Namespace) -> int:
+    queue = open_node_queue(load(args.config))
+    count = queue.requeue_dead(args.queue)
+    queue.close()
+    print(f"requeued {count} dead letter{'s' if count != 1 else ''}")
+    return 0
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from node.synthetic import SYNTAXES, write_composites
+
+    syntaxes = args.syntax or [str(s) for s in SYNTAXES]
+    try:
+        records = write_composites(args.data, args.out, args.count, bilateral_fraction=args.bilateral_fraction,
+                                   syntaxes=syntaxes, seed=args.seed, spacing_mm=args.spacing_mm)
+    except (OSError, ValueError) as error:
+        print(f"knee-node synth: {error}", file=sys.stderr)
+        return 1
+    knees = sum(len(record["knees"]) for record in records)
+    print(f"wrote {len(records)} radiographs ({knees} knees) and truth.json to {args.out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="knee-node", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    analyze = commands.add_parser("analyze", help="grade DICOM files; write SC + SR per radiograph")
+    analyze.add_argument("inputs", nargs="+", type=Path, metavar="INPUT", help="DICOM files or folders (recursive)")
+    analyze.add_argument("--out", type=Path, required=True, help="folder for the SC and SR files")
+    analyze.add_argument("--model", type=Path, default=DEFAULT_MODEL_DIR, help="model folder (default: bundled)")
+    analyze.add_argument("--json", action="store_true", help="one JSON object per input on stdout")
+    analyze.add_argument("--force", action="store_true", help="grade inputs the selection rules would skip")
+    analyze.add_argument("--batch-size", type=int, default=8, help="radiographs per model batch")
+    analyze.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    analyze.set_defaults(run=cmd_analyze)
+
+    serve = commands.add_parser("serve", help="run the DICOM node (Storage SCP, worker, dispatcher)")
+    serve.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="node YAML (default: bundled)")
+    serve.add_argument("--role", choices=("all", "receiver", "worker", "dispatcher"), default="all",
+                       help="which stages this process runs (all: the single-process node)")
+    serve.set_defaults(run=cmd_serve)
+
+    for name, helptext in (("status", "queue counts by state, oldest job, dead letters"),
+                           ("requeue", "put dead letters back into their queue")):
+        command = commands.add_parser(name, help=helptext)
+        command.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="node YAML (default: bundled)")
+        if name == "status":
+            command.add_argument("--json", action="store_true", help="one JSON object on stdout")
+            command.set_defaults(run=cmd_status)
+        else:
+            command.add_argument("--queue", choices=("analyze", "deliver"), help="only this queue")
+            command.set_defaults(run=cmd_requeue)
+
+    echo = commands.add_parser("echo", help="C-ECHO a DICOM peer")
+    echo.add_argument("peer", type=peer_argument, metavar="AET@HOST:PORT")
+    echo.add_argument("--calling-ae", default="KNEE_NODE")
+    echo.set_defaults(run=cmd_echo)
+
+    send = commands.add_parser("send", help="C-STORE files to a DICOM peer")
+    send.add_argument("files", nargs="+", type=Path, metavar="FILE", help="DICOM files or folders (recursive)")
+    send.add_argument("--to", dest="peer", type=peer_argument, required=True, metavar="AET@HOST:PORT")
+    send.add_argument("--calling-ae", default="KNEE_NODE")
+    send.set_defaults(run=cmd_send)
+
+    synth = commands.add_parser("synth", help="make knee radiographs (DICOM) from knee-kl crops, with truth.json")
+    synth.add_argument("--data", type=Path, required=True, help="a knee-kl split folder, e.g. .../knee-kl/val")
+    synth.add_argument("--out", type=Path, required=True, help="folder for NNNN.dcm and truth.json")
+    synth.add_argument("-n", "--count", type=int, default=20)
+    synth.add_argument("--bilateral-fraction", type=float, default=0.5)
+    synth.add_argument("--syntax", action="append", metavar="UID", help="transfer syntax (repeatable; default: all)")
+    synth.add_argument("--spacing-mm", type=float, default=0.15, help="pixel spacing of the radiographs")
+    synth.add_argument("--seed", type=int, default=0)
+    synth.set_defaults(run=cmd_synth)
+
+    train = commands.add_parser("train", help="train, select on val/, calibrate and write a model folder")
+    train.add_argument("--data", type=Path, required=True, help="folder with train/ and val/ (knee-kl layout)")
+    train.add_argument("--out", type=Path, default=DEFAULT_MODEL_DIR, help="model folder to write")
+    train.add_argument("--epochs", type=int, default=30)
+    train.add_argument("--batch-size", type=int, default=32)
+    train.add_argument("--lr", type=float, default=1e-3)
+    train.add_argument("--image-size", type=int, default=224)
+    train.add_argument("--loss", choices=("sord", "ce"), default="sord",
+                       help="sord: soft ordinal labels; ce: plain cross-entropy (both class-weighted)")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    train.add_argument("--resume", action="store_true", help="continue from OUT/train/checkpoint.pt")
+    train.set_defaults(run=cmd_train)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    quiet_libraries()
+    run: Callable[[argparse.Namespace], int] = args.run
+    return run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,249 @@
+"""The node's configuration: one YAML file plus KNEE_NODE_* environment overrides, validated at start.
+
+Every field has a default, so an empty file runs the embedded node.  An override names the field path in upper
+case with underscores, e.g. KNEE_NODE_SCP_PORT=11113 or KNEE_NODE_WORKER_BATCH_SIZE=16; its value is read as
+YAML, so KNEE_NODE_DESTINATIONS='[{ae_title: PACS, host: 10.0.0.5, port: 104}]' works for lists.
+Any invalid value stops start-up with ConfigError naming the field and the reason.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import typing
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from node.model import DEFAULT_MODEL_DIR
+from node.selection import SelectionRules
+
+ENV_PREFIX = "KNEE_NODE_"
+AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # 16 printable characters, no backslash
+
+
+class ConfigError(ValueError):
+    """str() is one line: `config: FIELD: reason`."""
+
+
+def check(condition: bool, reason: str) -> None:
+    if not condition:
+        raise ValueError(reason)
+
+
+def check_ae_title(title: str) -> None:
+    check(bool(AE_TITLE.match(title)) and title.strip() != "",
+          f"ae_title: {title!r} is not an AE title (1-16 characters, no backslash)")
+
+
+def check_port(port: int, allow_zero: bool = False) -> None:
+    check((allow_zero and port == 0) or 1 <= port <= 65535, f"port: {port} is not a TCP port (1-65535)")
+
+
+@dataclass(frozen=True)
+class Peer:
+    """A calling AE allowed to send to the node; `host` (address) optional."""
+
+    ae_title: str
+    host: str = ""
+
+    def __post_init__(self) -> None:
+        check_ae_title(self.ae_title)
+
+
+@dataclass(frozen=True)
+class Destination:
+    """A C-STORE SCP that receives the SC and SR."""
+
+    ae_title: str
+    host: str
+    port: int
+
+    def __post_init__(self) -> None:
+        check_ae_title(self.ae_title)
+        check(self.host != "", "host: must not be empty")
+        check_port(self.port)
+
+    def __str__(self) -> str:
+        return f"{self.ae_title}@{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class ScpConfig:
+    ae_title: str = "KNEE_NODE"
+    bind_address: str = "0.0.0.0"
+    port: int = 11112
+    max_pdu: int = 0  # 0: unlimited
+    max_associations: int = 16
+    allow_any_peer: bool = False
+    peers: tuple[Peer, ...] = ()
+    keep_unselected: bool = False  # keep instances the selection rules pass over, in data_dir/unselected
+
+    def __post_init__(self) -> None:
+        check_ae_title(self.ae_title)
+        check_port(self.port, allow_zero=True)
+        check(self.max_pdu == 0 or self.max_pdu >= 4096, "max_pdu: must be 0 (unlimited) or at least 4096")
+        check(self.max_associations >= 1, "max_associations: must be at least 1")
+
+
+@dataclass(frozen=True)
+class QueueConfig:
+    backend: Literal["sqlite"] = "sqlite"
+    max_depth: int = 10000  # jobs waiting or running; beyond it the SCP answers 0xA700
+    lease_seconds: float = 300.0
+    max_attempts: int = 3
+
+    def __post_init__(self) -> None:
+        check(self.max_depth >= 1, "max_depth: must be at least 1")
+        check(self.lease_seconds > 0, "lease_seconds: must be positive")
+        check(self.max_attempts >= 1, "max_attempts: must be at least 1")
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    model: Path = DEFAULT_MODEL_DIR
+    device: str = "auto"
+    threads: int = 0  # CPU threads for the model; 0: torch's default (all cores)
+    batch_size: int = 8
+    max_wait_ms: int = 200
+
+    def __post_init__(self) -> None:
+        check(self.device == "auto" or re.fullmatch(r"cpu|cuda(:\d+)?", self.device) is not None,
+              f"device: {self.device!r} is not auto, cpu, cuda or cuda:N")
+        check(self.threads >= 0, "threads: must be 0 or more")
+        check(1 <= self.batch_size <= 512, "batch_size: must be 1-512")
+        check(0 <= self.max_wait_ms <= 60000, "max_wait_ms: must be 0-60000")
+
+
+@dataclass(frozen=True)
+class DispatchConfig:
+    max_attempts: int = 10
+    backoff_seconds: float = 2.0  # first retry delay; doubles each attempt, with jitter
+    max_backoff_seconds: float = 300.0
+    timeout_seconds: float = 30.0  # network timeout per association
+
+    def __post_init__(self) -> None:
+        check(self.max_attempts >= 1, "max_attempts: must be at least 1")
+        check(0 < self.backoff_seconds <= self.max_backoff_seconds,
+              "backoff_seconds: must be positive and at most max_backoff_seconds")
+        check(self.timeout_seconds > 0, "timeout_seconds: must be positive")
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    bind_address: str = "127.0.0.1"
+    port: int = 9464  # Prometheus /metrics and /healthz; 0: off
+
+    def __post_init__(self) -> None:
+        check_port(self.port, allow_zero=True)
+
+
+@dataclass(frozen=True)
+class Config:
+    data_dir: Path = Path("data")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    scp: ScpConfig = field(default_factory=ScpConfig)
+    selection: SelectionRules = field(default_factory=SelectionRules)
+    queue: QueueConfig = field(default_factory=QueueConfig)
+    worker: WorkerConfig = field(default_factory=WorkerConfig)
+    destinations: tuple[Destination, ...] = ()
+    dispatch: DispatchConfig = field(default_factory=DispatchConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+
+
+def load_config(path: Path | None, environ: typing.Mapping[str, str] = os.environ) -> Config:
+    """Read `path` (None: defaults only), apply KNEE_NODE_* overrides, validate; relative paths are taken from
+    the config file's folder."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except (OSError, yaml.YAMLError) as error:
+            raise ConfigError(f"config: {path}: {error}".replace("\n", " ")) from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"config: {path}: expected a mapping at the top level")
+    for name, value in environ.items():
+        if name.startswith(ENV_PREFIX):
+            apply_override(raw, name, value)
+    base = path.parent if path is not None else Path.cwd()
+    config = build(Config, raw, "")
+    return resolve_paths(config, base)
+
+
+def apply_override(raw: dict[str, Any], name: str, value: str) -> None:
+    """Put an environment value at its field path, matching KNEE_NODE_SCP_MAX_PDU to scp.max_pdu."""
+    key = name[len(ENV_PREFIX):].lower()
+    target, cls = raw, Config
+    while True:
+        match = next((f for f in fields(cls) if key == f.name or key.startswith(f.name + "_")), None)
+        if match is None:
+            raise ConfigError(f"config: {name}: no such field")
+        kind = typing.get_type_hints(cls)[match.name]
+        if key != match.name and is_dataclass(kind):
+            target = target.setdefault(match.name, {})
+            key, cls = key[len(match.name) + 1:], kind
+            continue
+        if key != match.name:
+            raise ConfigError(f"config: {name}: no such field")
+        try:
+            target[match.name] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise ConfigError(f"config: {name}: not a valid value") from None
+        return
+
+
+def build(cls: type, raw: Any, path: str) -> Any:
+    """An instance of dataclass `cls` from `raw`, every field type-checked, errors prefixed by the field path."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config: {path or 'top level'}: expected a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ConfigError(f"config: {path + '.' if path else ''}{unknown[0]}: unknown field")
+    prefix = f"{path}." if path else ""
+    required = [f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING]
+    missing = [name for name in required if name not in raw]
+    if missing:
+        raise ConfigError(f"config: {prefix}{missing[0]}: required")
+    values = {name: convert(hints[name], value, prefix + name) for name, value in raw.items()}
+    try:
+        return cls(**values)
+    except ValueError as error:  # __post_init__ checks say "field: reason"
+        raise ConfigError(f"config: {prefix}{error}") from None
+
+
+def convert(kind: Any, value: Any, path: str) -> Any:
+    origin, arguments = typing.get_origin(kind), typing.get_args(kind)
+    if is_dataclass(kind):
+        return build(kind, value, path)
+    if origin is tuple:
+        if not isinstance(value, list):
+            raise ConfigError(f"config: {path}: expected a list, got {value!r}")
+        return tuple(convert(arguments[0], item, f"{path}[{i}]") for i, item in enumerate(value))
+    if origin is Literal:
+        if value not in arguments:
+            raise ConfigError(f"config: {path}: {value!r} is not one of {', '.join(map(str, arguments))}")
+        return value
+    if kind is Path:
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"config: {path}: expected a path, got {value!r}")
+        return Path(value)
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if kind in (int, float, str, bool) and type(value) is kind:
+        return value
+    if kind is str and isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)  # an AE title or host that YAML read as a number
+    expected = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+    raise ConfigError(f"config: {path}: expected {expected.get(kind, kind)}, got {value!r}")
+
+
+def resolve_paths(config: Config, base: Path) -> Config:
+    def absolute(path: Path) -> Path:
+        return path if path.is_absolute() else (base / path).resolve()
+
+    return replace(config, data_dir=absolute(config.data_dir),
+                   worker=replace(config.worker, model=absolute(config.worker.model)))

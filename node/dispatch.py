@@ -1,0 +1,118 @@
+"""The dispatcher: C-STORE of result files from the durable outbox to each destination.
+
+Delivery counts only on a Success or Warning status.  Anything else is retried with exponential backoff and
+jitter until the attempts run out; then the job waits in dead-letter for `knee-node requeue`.  Output UIDs are
+deterministic, so a repeated delivery overwrites rather than duplicates.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import threading
+import time
+from itertools import groupby
+from pathlib import Path
+
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import AE
+from pynetdicom.association import Association
+from pynetdicom.sop_class import ComprehensiveSRStorage, SecondaryCaptureImageStorage  # type: ignore[attr-defined]
+
+from node.config import Config, DispatchConfig
+from node.logs import log_event
+from node.metrics import Metrics
+from node.queue import DELIVER, Job, Queue, State
+
+BATCH = 32
+WARNING_STATUSES = {0x0001, 0xB000, 0xB006, 0xB007}
+
+
+def backoff(attempts: int, config: DispatchConfig) -> float:
+    """Exponential in the attempts made, capped; random in its upper half so retries of many jobs spread out."""
+    ceiling = min(config.max_backoff_seconds, config.backoff_seconds * 2 ** (attempts - 1))
+    return ceiling / 2 + random.uniform(0, ceiling / 2)
+
+
+def delivered(status: int | None) -> bool:
+    return status is not None and (status == 0x0000 or status in WARNING_STATUSES)
+
+
+class Dispatcher:
+    def __init__(self, config: Config, queue: Queue, metrics: Metrics) -> None:
+        self.config, self.queue, self.metrics = config, queue, metrics
+        self.destinations = {d.ae_title: d for d in config.destinations}
+        self.deadline = math.inf  # set when stopping: the end of the outbox flush
+        self.ae = AE(config.scp.ae_title)
+        timeout = config.dispatch.timeout_seconds
+        self.ae.acse_timeout = self.ae.dimse_timeout = self.ae.network_timeout = self.ae.connection_timeout = timeout
+        for sop_class in (SecondaryCaptureImageStorage, ComprehensiveSRStorage):
+            self.ae.add_requested_context(sop_class, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+
+    def run(self, stop: threading.Event, drain_seconds: float = 10.0) -> None:
+        """Deliver until `stop` is set, then flush: go on with what is due for at most `drain_seconds`."""
+        self.deadline = math.inf
+        while not self.expired():
+            if stop.is_set() and self.deadline == math.inf:
+                self.deadline = time.monotonic() + drain_seconds
+            jobs = self.queue.claim(DELIVER, BATCH)
+            if not jobs:
+                if stop.is_set():
+                    return
+                self.queue.wait(1.0)
+                continue
+            jobs.sort(key=lambda job: job.payload["destination"])
+            for ae_title, group in groupby(jobs, key=lambda job: job.payload["destination"]):
+                self.deliver(ae_title, list(group))
+
+    def expired(self) -> bool:
+        return time.monotonic() >= self.deadline
+
+    def deliver(self, ae_title: str, jobs: list[Job]) -> None:
+        destination = self.destinations.get(ae_title)
+        if destination is None:
+            for job in jobs:
+                self.queue.bury(job, f"destination {ae_title} is no longer configured")
+            return
+        association = self.ae.associate(destination.host, destination.port, ae_title=destination.ae_title)
+        if not association.is_established:
+            for job in jobs:
+                self.fail(job, f"cannot associate with {destination}")
+            return
+        try:
+            for index, job in enumerate(jobs):
+                if self.expired():
+                    self.queue.release(jobs[index:])  # shutting down: these were not tried
+                    return
+                if association.is_established:
+                    self.send(association, job)
+                else:
+                    self.fail(job, f"association with {destination} lost")
+        finally:
+            if association.is_established:
+                association.release()
+
+    def send(self, association: Association, job: Job) -> None:
+        path = Path(job.payload["path"])
+        if not path.is_file():
+            self.queue.bury(job, f"result file {path} is missing")
+            return
+        response = association.send_c_store(path)  # sent from the file as written, without decoding
+        status = int(response.Status) if response else None
+        if not delivered(status):
+            self.fail(job, f"status 0x{status:04X}" if status is not None else "no response")
+            return
+        self.queue.complete(job)
+        path.unlink(missing_ok=True)
+        self.metrics.sent.inc()
+        self.metrics.result_to_delivered.observe(time.time() - job.payload["result_at"])
+        log_event("sent", sop_instance_uid=job.payload["sop_instance_uid"], source=job.payload["source"],
+                  destination=job.payload["destination"], status=f"0x{status:04X}")
+
+    def fail(self, job: Job, reason: str) -> None:
+        self.metrics.failed.labels("deliver").inc()
+        state = self.queue.retry(job, reason, backoff(job.attempts, self.config.dispatch))
+        log_event("send_failed", logging.WARNING, sop_instance_uid=job.payload["sop_instance_uid"],
+                  destination=job.payload["destination"], attempt=job.attempts, reason=reason,
+                  dead_letter=state is State.DEAD)

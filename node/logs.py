@@ -1,0 +1,59 @@
+"""Structured logs: one JSON object per line and per event; patients appear only as a short hash."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import sys
+import time
+import warnings
+from typing import Any
+
+from pydicom import Dataset
+
+LOGGER = logging.getLogger("knee_node")
+
+
+class JsonLines(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+                 "level": record.levelname, "event": record.getMessage()}
+        entry.update(getattr(record, "fields", {}))
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+def setup_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonLines())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    # pynetdicom's INFO lines are per-PDU detail; its warnings (network trouble) are worth keeping.
+    logging.getLogger("pynetdicom").setLevel(max(logging.WARNING, logging.getLevelName(level)))
+
+
+def quiet_libraries() -> None:
+    """pydicom's and highdicom's warnings about odd input values are not shown: nothing here acts on them, and
+    they may quote patient data."""
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"(pydicom|highdicom)(\.|$)")
+    for name in ("pydicom", "highdicom"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def log_event(event: str, level: int = logging.INFO, traceback: bool = False, **fields: Any) -> None:
+    """One line for `event`; `traceback=True` (inside an except block) adds the exception's traceback."""
+    LOGGER.log(level, event, exc_info=traceback, extra={"fields": fields})
+
+
+def pseudonym(value: object) -> str:
+    """A short, stable stand-in for an identifier (10 hex digits of SHA-256)."""
+    return hashlib.sha256(str(value).encode()).hexdigest()[:10]
+
+
+def instance_fields(header: Dataset) -> dict[str, str]:
+    """What a log line may say about an instance: UIDs, modality, and the patient ID only hashed."""
+    return {"sop_instance_uid": str(header.get("SOPInstanceUID", "")), "modality": str(header.get("Modality", "")),
+            "patient": pseudonym(header.get("PatientID", ""))}

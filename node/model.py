@@ -1,0 +1,157 @@
+"""The KL grader: a one-channel DenseNet-121 whose forward pass also yields Grad-CAM.
+
+DenseNet's head is ReLU -> global average pool -> linear, so the gradient of the class score y_c with respect to
+the last feature map F is W_c * 1[F > 0] / HW.  Grad-CAM's channel weights are the spatial mean of that gradient,
+alpha_c = W_c * mean(1[F > 0]) / HW, and the map is ReLU(sum_k alpha_ck F_k): no backward pass, whole batch at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import MISSING, asdict, dataclass, fields
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+import torchvision
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+WEIGHTS_FILE = "model.safetensors"
+SPEC_FILE = "model.json"
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "models" / "kl-densenet121"
+
+
+class KneeGrader(nn.Module):
+    """torchvision's DenseNet-121 with a single-channel stem; parameter names match torchvision's."""
+
+    def __init__(self, num_classes: int = 5) -> None:
+        super().__init__()
+        net = torchvision.models.densenet121(num_classes=num_classes)
+        net.features.conv0 = nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3, bias=False)
+        self.features = net.features
+        self.classifier = net.classifier
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Not torchvision's in-place ReLU: the feature map must stay intact for Grad-CAM hooks.
+        return self.classifier(F.relu(self.features(x)).mean((2, 3)))
+
+    def forward_with_cam(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits (B, classes) and Grad-CAM of the top class (B, h, w), both float32."""
+        feature_map = self.features(x).float()
+        with torch.autocast(feature_map.device.type, enabled=False):
+            weight = self.classifier.weight.float()
+            logits = F.linear(F.relu(feature_map).mean((2, 3)), weight, self.classifier.bias.float())
+            spatial = feature_map.shape[2] * feature_map.shape[3]
+            alpha = weight[logits.argmax(1)] * (feature_map > 0).float().mean((2, 3)) / spatial
+            cam = F.relu(torch.einsum("bk,bkhw->bhw", alpha, feature_map))
+        return logits, cam
+
+
+def standardize(images: torch.Tensor) -> torch.Tensor:
+    """Per-image zero mean, unit variance: the model never depends on the radiograph's window."""
+    mean = images.mean(dim=(-2, -1), keepdim=True)
+    std = images.std(dim=(-2, -1), keepdim=True)
+    return (images - mean) / (std + 1e-6)
+
+
+def model_inputs(crops: np.ndarray, size: int, device: torch.device) -> torch.Tensor:
+    """(N, H, W) display-space crops in [0, 1] (or uint8) -> standardized (N, 1, size, size) on the device."""
+    if crops.shape[1:] != (size, size):
+        crops = np.stack([cv2.resize(c, (size, size), interpolation=cv2.INTER_AREA) for c in crops])
+    batch = torch.from_numpy(np.ascontiguousarray(crops)).to(device, torch.float32)
+    return standardize(batch[:, None]).contiguous(memory_format=torch.channels_last)
+
+
+@torch.inference_mode()
+def forward_in_batches(module: KneeGrader, crops: np.ndarray, size: int, device: torch.device,
+                       batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """Logits (N, classes) and top-class Grad-CAMs (N, h, w) of display-space crops, module in eval mode."""
+    module.eval()
+    logits, cams = [], []
+    for start in range(0, len(crops), batch_size):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            out, cam = module.forward_with_cam(model_inputs(crops[start:start + batch_size], size, device))
+        logits.append(out.cpu().numpy())
+        cams.append(cam.cpu().numpy())
+    return np.concatenate(logits), np.concatenate(cams)
+
+
+def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    z = logits / temperature
+    z = np.exp(z - z.max(1, keepdims=True))
+    return z / z.sum(1, keepdims=True)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What `model.json` records beside the weights; everything inference needs to reproduce training."""
+
+    name: str
+    version: str
+    input_size: int
+    class_names: tuple[str, ...]
+    temperature: float
+    field_mm: float
+    attention_threshold: float
+    confidence_threshold: float
+    sha256: str = ""
+    architecture: str = "densenet121"
+    normalization: str = "per-image standardization"
+
+    @classmethod
+    def read(cls, path: Path) -> ModelSpec:
+        raw = json.loads(path.read_text())
+        missing = [f.name for f in fields(cls) if f.default is MISSING and f.name not in raw]
+        if missing:
+            raise ValueError(f"{path}: missing {', '.join(missing)}")
+        raw["class_names"] = tuple(raw["class_names"])
+        return cls(**{f.name: raw[f.name] for f in fields(cls) if f.name in raw})
+
+    def write(self, path: Path) -> None:
+        path.write_text(json.dumps(asdict(self), indent=2) + "\n")
+
+
+def sha256_of(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def save_model(module: KneeGrader, spec: ModelSpec, out_dir: Path) -> ModelSpec:
+    """Write fp16 safetensors and `model.json` (with the weights' sha256); returns the spec as written."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    state = {k: (v.half() if v.is_floating_point() else v).contiguous().cpu() for k, v in module.state_dict().items()}
+    weights = out_dir / WEIGHTS_FILE
+    save_file(state, str(weights), metadata={"name": spec.name, "version": spec.version})
+    written = ModelSpec(**{**asdict(spec), "sha256": sha256_of(weights)})
+    written.write(out_dir / SPEC_FILE)
+    return written
+
+
+class Grader:
+    """A loaded model on its device; turns display-space crops into calibrated probabilities and CAMs."""
+
+    def __init__(self, model_dir: Path, device: str = "auto", threads: int | None = None) -> None:
+        spec_path, weights = model_dir / SPEC_FILE, model_dir / WEIGHTS_FILE
+        for path in (spec_path, weights):
+            if not path.is_file():
+                raise FileNotFoundError(f"model: {path} not found")
+        self.spec = ModelSpec.read(spec_path)
+        digest = sha256_of(weights)
+        if digest != self.spec.sha256:
+            raise ValueError(f"model: {weights} sha256 {digest[:12]}... does not match model.json")
+        if threads:
+            torch.set_num_threads(threads)
+        self.device = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
+                                   "cpu" if device == "auto" else device)
+        module = KneeGrader(num_classes=len(self.spec.class_names))
+        module.load_state_dict({k: v.float() if v.is_floating_point() else v
+                                for k, v in load_file(str(weights)).items()})
+        self.module = module.to(self.device, memory_format=torch.channels_last).eval()
+
+    def predict(self, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Calibrated class probabilities (N, classes) and Grad-CAM of the top class (N, h, w)."""
+        logits, cams = forward_in_batches(self.module, crops, self.spec.input_size, self.device)
+        return softmax(logits, self.spec.temperature), cams

@@ -1,0 +1,99 @@
+"""Durable job queues: one small interface; SQLite (WAL) embedded, a broker for scale-out.
+
+Two topics flow through it: ANALYZE (a spooled radiograph waiting for the worker) and DELIVER (one result file for
+one destination).  A job is queued, then leased by one consumer, then done, or retried, or dead-lettered when its
+attempts run out.  A lease that expires (its consumer died) makes the job claimable again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from node.config import QueueConfig
+
+ANALYZE = "analyze"
+DELIVER = "deliver"
+
+
+class QueueUnavailable(Exception):
+    """The queue cannot take or give jobs right now (disk full, broker down); callers answer accordingly."""
+
+
+class State(StrEnum):
+    QUEUED = "queued"
+    LEASED = "leased"
+    DEAD = "dead"
+
+
+@dataclass(frozen=True)
+class Job:
+    id: str
+    topic: str
+    key: str  # at most one unfinished job per (topic, key): a resent instance does not double the work
+    payload: dict[str, Any]
+    attempts: int  # claims so far, this one included
+    created_at: float  # epoch seconds
+
+
+@dataclass(frozen=True)
+class DeadJob:
+    job: Job
+    error: str
+
+
+class Queue(Protocol):
+    """`max_attempts` per topic is given to the backend's constructor."""
+
+    def put(self, topic: str, key: str, payload: dict[str, Any]) -> bool:
+        """Durably enqueue; False when an unfinished job with the same key exists (then nothing changes)."""
+
+    def claim(self, topic: str, limit: int) -> list[Job]:
+        """Lease up to `limit` available jobs, oldest first; jobs whose attempts ran out go to dead-letter."""
+
+    def complete(self, job: Job, then: Sequence[tuple[str, str, dict[str, Any]]] = ()) -> None:
+        """Finish `job` and, in the same atomic step, put the follow-up jobs (topic, key, payload) `then`:
+        a crash leaves either the job unfinished or its follow-ups queued, never both."""
+
+    def retry(self, job: Job, error: str, delay: float) -> State:
+        """Back to the queue after `delay` seconds, or dead-letter when its attempts are used up."""
+
+    def bury(self, job: Job, error: str) -> None:
+        """Straight to dead-letter: retrying cannot help (e.g. undecodable input)."""
+
+    def release(self, jobs: list[Job]) -> None:
+        """Give leased jobs back unfinished (shutdown); the attempt does not count."""
+
+    def depth(self, topic: str) -> int:
+        """Queued plus leased jobs."""
+
+    def wait(self, timeout: float) -> None:
+        """Sleep until a job may have become available, at most `timeout` seconds."""
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """{topic: {state: count}} for unfinished and dead jobs."""
+
+    def oldest_age(self, topic: str) -> float | None:
+        """Seconds since the oldest unfinished job of `topic` was queued."""
+
+    def dead(self, topic: str | None = None) -> list[DeadJob]: ...
+
+    def requeue_dead(self, topic: str | None = None) -> int:
+        """Dead letters back to the queue with fresh attempts; returns how many."""
+
+    def recover(self) -> None:
+        """At start-up of the node that consumes this queue: what its previous run had leased (it died
+        holding them) is claimable again now rather than when the leases run out."""
+
+    def close(self) -> None: ...
+
+
+def open_queue(config: QueueConfig, data_dir: Path, max_attempts: Mapping[str, int]) -> Queue:
+    """The configured backend; nothing else in the node knows which one runs."""
+    from node.queue.sqlite import SqliteQueue
+
+    return SqliteQueue(data_dir / "queue.sqlite", config.lease_seconds, max_attempts)

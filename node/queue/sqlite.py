@@ -1,0 +1,174 @@
+"""The embedded queue: one SQLite file in WAL mode, fsync on every commit (an acknowledged job survives power loss)."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from node.queue import DeadJob, Job, QueueUnavailable, State
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    topic TEXT NOT NULL,
+    key TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    available_at REAL NOT NULL,
+    created_at REAL NOT NULL,
+    error TEXT NOT NULL DEFAULT ''
+);
+CREATE UNIQUE INDEX IF NOT EXISTS unfinished_key ON jobs (topic, key) WHERE state IN ('queued', 'leased');
+CREATE INDEX IF NOT EXISTS claimable ON jobs (topic, state, available_at);
+"""
+
+
+class SqliteQueue:
+    """Thread-safe within a process (one connection, one lock); other processes wait on SQLite's busy timeout."""
+
+    def __init__(self, path: Path, lease_seconds: float, max_attempts: Mapping[str, int]) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.lease_seconds, self.max_attempts = lease_seconds, dict(max_attempts)
+        self._lock = threading.Lock()
+        self._available = threading.Condition(self._lock)
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(SCHEMA)
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """An immediate (write-locking) transaction; the caller holds the thread lock."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+
+    def _insert(self, db: sqlite3.Connection, topic: str, key: str, payload: dict[str, Any]) -> bool:
+        now = time.time()
+        try:
+            db.execute("INSERT INTO jobs (topic, key, payload, state, available_at, created_at) "
+                       "VALUES (?, ?, ?, ?, ?, ?)", (topic, key, json.dumps(payload), State.QUEUED, now, now))
+        except sqlite3.IntegrityError:
+            return False
+        return True
+
+    def put(self, topic: str, key: str, payload: dict[str, Any]) -> bool:
+        with self._available:
+            try:
+                with self._transaction() as db:
+                    added = self._insert(db, topic, key, payload)
+            except sqlite3.OperationalError as error:  # disk full, I/O error, locked for too long
+                raise QueueUnavailable(str(error)) from error
+            self._available.notify_all()
+            return added
+
+    def claim(self, topic: str, limit: int) -> list[Job]:
+        now = time.time()
+        with self._lock, self._transaction() as db:
+            # For a leased job, available_at is the end of its lease; past it, its consumer died.
+            db.execute("UPDATE jobs SET state = ? WHERE topic = ? AND state = ? AND available_at <= ?",
+                       (State.QUEUED, topic, State.LEASED, now))
+            db.execute("UPDATE jobs SET state = ?, error = 'attempts exhausted (last lease expired)' "
+                       "WHERE topic = ? AND state = ? AND attempts >= ?",
+                       (State.DEAD, topic, State.QUEUED, self.max_attempts[topic]))
+            rows = db.execute("SELECT id, key, payload, attempts, created_at FROM jobs WHERE topic = ? AND state = ? "
+                              "AND available_at <= ? ORDER BY available_at, id LIMIT ?",
+                              (topic, State.QUEUED, now, limit)).fetchall()
+            db.executemany("UPDATE jobs SET state = ?, attempts = attempts + 1, available_at = ? WHERE id = ?",
+                           [(State.LEASED, now + self.lease_seconds, row[0]) for row in rows])
+        return [Job(str(id_), topic, key, json.loads(payload), attempts + 1, created)
+                for id_, key, payload, attempts, created in rows]
+
+    def complete(self, job: Job, then: Sequence[tuple[str, str, dict[str, Any]]] = ()) -> None:
+        with self._available:
+            with self._transaction() as db:
+                db.execute("DELETE FROM jobs WHERE id = ?", (int(job.id),))
+                for topic, key, payload in then:
+                    self._insert(db, topic, key, payload)
+            if then:
+                self._available.notify_all()
+
+    def retry(self, job: Job, error: str, delay: float) -> State:
+        state = State.DEAD if job.attempts >= self.max_attempts[job.topic] else State.QUEUED
+        with self._available:
+            with self._transaction() as db:
+                db.execute("UPDATE jobs SET state = ?, available_at = ?, error = ? WHERE id = ?",
+                           (state, time.time() + delay, error, int(job.id)))
+            self._available.notify_all()
+        return state
+
+    def bury(self, job: Job, error: str) -> None:
+        with self._lock, self._transaction() as db:
+            db.execute("UPDATE jobs SET state = ?, error = ? WHERE id = ?", (State.DEAD, error, int(job.id)))
+
+    def release(self, jobs: list[Job]) -> None:
+        with self._available:
+            with self._transaction() as db:
+                db.executemany("UPDATE jobs SET state = ?, attempts = attempts - 1, available_at = ? "
+                               "WHERE id = ? AND state = ?",
+                               [(State.QUEUED, time.time(), int(job.id), State.LEASED) for job in jobs])
+            self._available.notify_all()
+
+    def depth(self, topic: str) -> int:
+        with self._lock:
+            (count,) = self._db.execute("SELECT COUNT(*) FROM jobs WHERE topic = ? AND state IN (?, ?)",
+                                        (topic, State.QUEUED, State.LEASED)).fetchone()
+        return int(count)
+
+    def wait(self, timeout: float) -> None:
+        with self._available:
+            self._available.wait(timeout)
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        with self._lock:
+            rows = self._db.execute("SELECT topic, state, COUNT(*) FROM jobs GROUP BY topic, state").fetchall()
+        counts: dict[str, dict[str, int]] = {}
+        for topic, state, count in rows:
+            counts.setdefault(topic, {})[state] = count
+        return counts
+
+    def oldest_age(self, topic: str) -> float | None:
+        with self._lock:
+            (oldest,) = self._db.execute("SELECT MIN(created_at) FROM jobs WHERE topic = ? AND state IN (?, ?)",
+                                         (topic, State.QUEUED, State.LEASED)).fetchone()
+        return None if oldest is None else time.time() - oldest
+
+    def dead(self, topic: str | None = None) -> list[DeadJob]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, topic, key, payload, attempts, created_at, error FROM jobs WHERE state = ? "
+                "AND (? IS NULL OR topic = ?) ORDER BY id", (State.DEAD, topic, topic)).fetchall()
+        return [DeadJob(Job(str(id_), topic_, key, json.loads(payload), attempts, created), error)
+                for id_, topic_, key, payload, attempts, created, error in rows]
+
+    def requeue_dead(self, topic: str | None = None) -> int:
+        with self._available:
+            with self._transaction() as db:
+                # A dead letter whose key was queued again meanwhile stays dead: the newer job supersedes it.
+                cursor = db.execute("UPDATE OR IGNORE jobs SET state = ?, attempts = 0, available_at = ?, error = '' "
+                                    "WHERE state = ? AND (? IS NULL OR topic = ?)",
+                                    (State.QUEUED, time.time(), State.DEAD, topic, topic))
+            self._available.notify_all()
+            return cursor.rowcount
+
+    def recover(self) -> None:
+        with self._available:
+            with self._transaction() as db:
+                db.execute("UPDATE jobs SET state = ?, available_at = ? WHERE state = ?",
+                           (State.QUEUED, time.time(), State.LEASED))
+            self._available.notify_all()
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()

@@ -1,0 +1,123 @@
+"""The Storage SCP: Verification and Storage; an instance is acknowledged only once it is durably kept.
+
+No pixel decoding happens here: the handler parses the header for the selection rules, writes the encoded
+dataset as received to the spool (temp file, fsync, rename, fsync of the folder), queues a job, and only then
+answers Success.  Whatever it cannot keep gets a failure status, never a false Success.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import time
+from typing import Any
+
+from pynetdicom import AE, AllStoragePresentationContexts, evt
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+from node.config import Config
+from node.decode import SUPPORTED_TRANSFER_SYNTAXES, DecodeError, read_header
+from node.logs import instance_fields, log_event
+from node.metrics import Metrics
+from node.queue import ANALYZE, Queue, QueueUnavailable
+from node.storage import is_valid_uid, write_durably
+
+SUCCESS = 0x0000
+OUT_OF_RESOURCES = 0xA700
+DATASET_DOES_NOT_MATCH = 0xA900
+CANNOT_UNDERSTAND = 0xC000
+
+
+class Receiver:
+    def __init__(self, config: Config, queue: Queue, metrics: Metrics) -> None:
+        self.config, self.queue, self.metrics = config, queue, metrics
+        self.spool = config.data_dir / "spool"
+        self.unselected = config.data_dir / "unselected"
+        self.spool.mkdir(parents=True, exist_ok=True)
+        self.unselected.mkdir(parents=True, exist_ok=True)
+        scp = config.scp
+        self.ae = AE(scp.ae_title)
+        self.ae.maximum_pdu_size = scp.max_pdu
+        self.ae.maximum_associations = scp.max_associations
+        self.ae.add_supported_context(Verification)
+        for context in AllStoragePresentationContexts:
+            self.ae.add_supported_context(context.abstract_syntax, list(SUPPORTED_TRANSFER_SYNTAXES))
+        self.server: Any = None
+
+    def start(self) -> int:
+        """Listen; returns the bound port (useful when the config asks for port 0)."""
+        scp = self.config.scp
+        self.server = self.ae.start_server((scp.bind_address, scp.port), block=False, evt_handlers=[
+            (evt.EVT_REQUESTED, self.on_requested), (evt.EVT_C_ECHO, self.on_echo), (evt.EVT_C_STORE, self.on_store)])
+        port = int(self.server.server_address[1])
+        log_event("listening", ae_title=scp.ae_title, address=scp.bind_address, port=port)
+        return port
+
+    def stop(self, grace_seconds: float = 10.0) -> None:
+        """Refuse new associations, let running ones finish for a while, then abort them (unacknowledged
+        instances are the peer's to resend)."""
+        if self.server is None:
+            return
+        self.server.shutdown()
+        deadline = time.monotonic() + grace_seconds
+        while self.ae.active_associations and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for association in self.ae.active_associations:
+            association.abort()
+        self.server = None
+
+    def allowed(self, ae_title: str, address: str) -> bool:
+        scp = self.config.scp
+        return scp.allow_any_peer or any(
+            peer.ae_title == ae_title and peer.host in ("", address) for peer in scp.peers)
+
+    def on_requested(self, event: evt.Event) -> None:
+        calling = event.assoc.requestor.primitive.calling_ae_title.strip()
+        address = event.assoc.requestor.address
+        if not self.allowed(calling, address):
+            log_event("association_rejected", logging.WARNING, calling_ae=calling, address=address,
+                      reason="calling AE title not allowed from this address")
+            # Permanent, by the service user, calling AE title not recognised; kill() waits until it is sent.
+            event.assoc.acse.send_reject(0x01, 0x01, 0x03)
+            event.assoc.kill()
+
+    def on_echo(self, event: evt.Event) -> int:
+        return SUCCESS
+
+    def on_store(self, event: evt.Event) -> int:
+        calling = event.assoc.requestor.ae_title.strip()
+        uid = str(event.request.AffectedSOPInstanceUID or "")
+        if not is_valid_uid(uid):
+            return self.refuse(CANNOT_UNDERSTAND, calling, uid, "invalid SOP Instance UID")
+        encoded = event.encoded_dataset()
+        try:
+            header = read_header(io.BytesIO(encoded))
+        except DecodeError as error:
+            return self.refuse(CANNOT_UNDERSTAND, calling, uid, str(error))
+        if str(header.get("SOPInstanceUID", "")) != uid:
+            return self.refuse(DATASET_DOES_NOT_MATCH, calling, uid, "dataset SOP Instance UID differs from request")
+        fields = {"calling_ae": calling, **instance_fields(header)}
+        reason = self.config.selection.reason_to_skip(header)
+        try:
+            if reason:
+                if self.config.scp.keep_unselected:
+                    write_durably(self.unselected / f"{uid}.dcm", encoded)
+            else:
+                if self.queue.depth(ANALYZE) >= self.config.queue.max_depth:
+                    return self.refuse(OUT_OF_RESOURCES, calling, uid, "queue full")
+                path = self.spool / f"{uid}.dcm"
+                write_durably(path, encoded)
+                self.queue.put(ANALYZE, uid, {"path": str(path), "sop_instance_uid": uid, "calling_ae": calling,
+                                              "patient": fields["patient"], "received_at": time.time()})
+                self.metrics.selected.inc()
+        except (OSError, QueueUnavailable) as error:  # disk full, quota, permissions: promise nothing
+            return self.refuse(OUT_OF_RESOURCES, calling, uid, f"cannot keep instance: {error}")
+        self.metrics.received.inc()
+        log_event("received", selected=reason is None, reason=reason or "", bytes=len(encoded), **fields)
+        return SUCCESS
+
+    def refuse(self, status: int, calling: str, uid: str, reason: str) -> int:
+        self.metrics.failed.labels("receive").inc()
+        log_event("receive_failed", logging.WARNING, calling_ae=calling, sop_instance_uid=uid[:64],
+                  status=f"0x{status:04X}", reason=reason)
+        return status

@@ -1,0 +1,51 @@
+"""Who made an output and which series it joins: attributes shared by the SC and the SR."""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pydicom import Dataset
+from pydicom.uid import UID
+
+from node import __version__
+from node.model import ModelSpec
+from node.report.codes import SCHEME_IDENTIFICATION
+from node.report.uids import derived_uid
+from node.selection import MANUFACTURER
+
+SC_SERIES_NUMBER = 9901
+SR_SERIES_NUMBER = 9902
+
+
+@dataclass(frozen=True)
+class Device:
+    """The node as observer (SR) and creator (SC, SR) of its results."""
+
+    name: str = "KNEE_NODE"
+    serial_number: str = field(default_factory=socket.gethostname)
+    manufacturer: str = MANUFACTURER
+    model_name: str = f"knee-node {__version__}"
+
+    @property
+    def uid(self) -> UID:
+        return derived_uid("device", self.name, self.serial_number)
+
+
+def output_attributes(header: Dataset, spec: ModelSpec, device: Device, kind: Literal["sc", "sr"]) -> dict[str, Any]:
+    """UIDs derived from (source, model version), equipment, and the source's character set."""
+    attributes: dict[str, Any] = {
+        # One result series per source series, one result instance per source instance.
+        "series_instance_uid": derived_uid(header.SeriesInstanceUID, spec.version, kind, "series"),
+        "sop_instance_uid": derived_uid(header.SOPInstanceUID, spec.version, kind),
+        "instance_number": max(1, int(header.get("InstanceNumber") or 1)),
+        "manufacturer": device.manufacturer,
+        "manufacturer_model_name": device.model_name,
+        "device_serial_number": device.serial_number,
+        "software_versions": f"{spec.name} {spec.version}",
+        "coding_schemes": [SCHEME_IDENTIFICATION],
+    }
+    if "SpecificCharacterSet" in header:
+        attributes["specific_character_set"] = header.SpecificCharacterSet
+    return attributes

@@ -1,0 +1,89 @@
+"""The node as a DICOM client for people: C-ECHO and C-STORE to any peer (`knee-node echo`, `knee-node send`)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import AE
+from pynetdicom.association import Association
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+from node.config import Destination
+from node.decode import DecodeError, read_header
+
+PEER = re.compile(r"^(?P<ae>[^@]{1,16})@(?P<host>[^:]+):(?P<port>\d{1,5})$")
+MAX_CONTEXTS = 128  # presentation contexts one association may propose
+
+
+def parse_peer(text: str) -> Destination:
+    """`AET@HOST:PORT` -> Destination; ValueError with the expected form otherwise."""
+    match = PEER.match(text)
+    if match is None:
+        raise ValueError(f"{text!r} is not AET@HOST:PORT")
+    return Destination(match["ae"], match["host"], int(match["port"]))
+
+
+def echo(peer: Destination, calling_ae: str, timeout: float = 10) -> int | None:
+    """The C-ECHO status, or None when no association could be made."""
+    ae = AE(calling_ae)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = ae.connection_timeout = timeout
+    ae.add_requested_context(Verification)
+    association = ae.associate(peer.host, peer.port, ae_title=peer.ae_title)
+    if not association.is_established:
+        return None
+    try:
+        response = association.send_c_echo()
+        return int(response.Status) if response else None
+    finally:
+        association.release()
+
+
+@dataclass(frozen=True)
+class Sent:
+    path: Path
+    status: int | None  # None: not sent (unreadable, no context, association lost)
+    reason: str = ""
+
+
+def send(paths: Iterable[Path], peer: Destination, calling_ae: str, timeout: float = 30) -> Iterator[Sent]:
+    """C-STORE each file as stored on disk (no decoding), one association, one result per file."""
+    files, contexts = [], set()
+    for path in paths:
+        try:
+            header = read_header(path)
+            contexts.add((str(header.SOPClassUID), str(header.file_meta.TransferSyntaxUID)))
+            files.append(path)
+        except (DecodeError, AttributeError) as error:
+            yield Sent(path, None, f"not a DICOM file with a SOP class and transfer syntax ({error})")
+    ae = AE(calling_ae)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = ae.connection_timeout = timeout
+    for sop_class, syntax in sorted(contexts)[:MAX_CONTEXTS]:
+        syntaxes = dict.fromkeys([syntax, ExplicitVRLittleEndian, ImplicitVRLittleEndian])  # ordered, no repeats
+        ae.add_requested_context(sop_class, list(syntaxes))
+    if not files:
+        return
+    association = ae.associate(peer.host, peer.port, ae_title=peer.ae_title)
+    if not association.is_established:
+        yield from (Sent(path, None, f"cannot associate with {peer}") for path in files)
+        return
+    try:
+        for path in files:
+            yield store(association, path)
+    finally:
+        if association.is_established:
+            association.release()
+
+
+def store(association: Association, path: Path) -> Sent:
+    if not association.is_established:
+        return Sent(path, None, "association lost")
+    try:
+        response = association.send_c_store(path)
+    except ValueError as error:  # no accepted presentation context for its class and syntax
+        return Sent(path, None, str(error))
+    status = int(response.Status) if response else None
+    return Sent(path, status, "" if status is not None else "no response")

@@ -1,0 +1,94 @@
+"""`knee-node serve`: receiver, worker and dispatcher of one node, with metrics, until SIGTERM or SIGINT.
+
+Shutdown order keeps every promise: stop accepting associations, let the worker finish its batch, then give the
+dispatcher a few seconds to flush the outbox.  Whatever is left stays queued for the next start.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Callable
+from typing import Literal
+
+from node.config import Config
+from node.logs import log_event, setup_logging
+from node.metrics import Metrics, MetricsServer
+from node.queue import ANALYZE, DELIVER, open_queue
+
+Role = Literal["all", "receiver", "worker", "dispatcher"]
+
+
+def serve(config: Config, role: Role = "all", on_ready: Callable[[dict[str, int]], None] | None = None,
+          stop: threading.Event | None = None) -> int:
+    """Run until `stop` is set (SIGTERM/SIGINT set it); `on_ready` gets the bound ports."""
+    from node.analyze import Analyzer
+    from node.dispatch import Dispatcher
+    from node.model import Grader
+    from node.receive import Receiver
+    from node.report import Device
+    from node.worker import Worker
+
+    setup_logging(config.log_level)
+    stop = stop or threading.Event()
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda *_: stop.set())
+    queue = open_queue(config.queue, config.data_dir, {ANALYZE: config.queue.max_attempts,
+                                                       DELIVER: config.dispatch.max_attempts})
+    metrics = Metrics()
+    metrics.track_depth(ANALYZE, lambda: queue.depth(ANALYZE))
+    metrics.track_depth(DELIVER, lambda: queue.depth(DELIVER))
+    if role != "receiver":
+        queue.recover()
+    receiver = Receiver(config, queue, metrics) if role in ("all", "receiver") else None
+    loops: dict[str, tuple[threading.Thread, threading.Event]] = {}
+    if role in ("all", "worker"):
+        grader = Grader(config.worker.model, device=config.worker.device, threads=config.worker.threads or None)
+        worker = Worker(config, queue, Analyzer(grader), Device(name=config.scp.ae_title), metrics)
+        loops["worker"] = background(worker.run, "worker")
+        log_event("model_loaded", model=grader.spec.name, version=grader.spec.version, device=str(grader.device))
+    if role in ("all", "dispatcher"):
+        loops["dispatcher"] = background(Dispatcher(config, queue, metrics).run, "dispatcher")
+        if not config.destinations:
+            log_event("no_destinations", results=str(config.data_dir / "results"))
+
+    def healthy() -> dict[str, bool]:
+        checks = {name: thread.is_alive() for name, (thread, _) in loops.items()}
+        if receiver is not None:
+            checks["receiver"] = receiver.server is not None
+        return checks
+
+    ports: dict[str, int] = {}
+    server = None
+    if config.metrics.port:
+        server = MetricsServer(metrics, config.metrics.bind_address, config.metrics.port, healthy)
+        server.start()
+        ports["metrics"] = server.port
+    if receiver is not None:
+        ports["scp"] = receiver.start()
+    for thread, _ in loops.values():
+        thread.start()
+    log_event("ready", role=role, **ports)
+    if on_ready:
+        on_ready(ports)
+    stop.wait()
+
+    log_event("stopping", role=role)
+    if receiver is not None:
+        receiver.stop()
+    for name in ("worker", "dispatcher"):  # the worker's last results reach the dispatcher's flush
+        if name in loops:
+            thread, done = loops[name]
+            done.set()
+            thread.join()
+    if server is not None:
+        server.stop()
+    queue.close()
+    log_event("stopped", role=role)
+    return 0
+
+
+def background(run: Callable[[threading.Event], None], name: str) -> tuple[threading.Thread, threading.Event]:
+    done = threading.Event()
+    return threading.Thread(target=run, args=(done,), name=name, daemon=True), done

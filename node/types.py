@@ -1,0 +1,76 @@
+"""Small types shared by the stages: a decoded radiograph, a knee ROI, a graded knee, an analysis."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+import numpy as np
+from pydicom import Dataset
+
+
+class Laterality(StrEnum):
+    RIGHT = "R"
+    LEFT = "L"
+
+    @property
+    def word(self) -> str:
+        return "Right" if self is Laterality.RIGHT else "Left"
+
+
+class Reliability(StrEnum):
+    NO_CONCERN = "REL0"
+    ATTENTION_OUTSIDE_JOINT = "REL1"
+    LOW_CONFIDENCE = "REL2"
+
+
+@dataclass(frozen=True)
+class Radiograph:
+    """A decoded radiograph: its header (no pixel data) and its display-space image, bright = dense, 0..1."""
+
+    header: Dataset
+    image: np.ndarray  # float32 (rows, columns)
+    spacing_mm: tuple[float, float] | None  # (row, column) spacing at the patient, None when unknown
+
+
+@dataclass(frozen=True)
+class KneeRoi:
+    """A knee joint found on a radiograph: a square of fixed physical size, centred on the joint line."""
+
+    center: tuple[float, float]  # (row, column) in source pixels
+    half_size: tuple[float, float]  # (rows, columns) in source pixels
+    laterality: Laterality
+    confidence: float
+
+    @property
+    def corners(self) -> np.ndarray:
+        """Closed polyline (5, 2) of (column, row) points, as DICOM SCOORD wants them."""
+        (row, col), (half_rows, half_cols) = self.center, self.half_size
+        top, bottom, left, right = row - half_rows, row + half_rows, col - half_cols, col + half_cols
+        return np.array([[left, top], [right, top], [right, bottom], [left, bottom], [left, top]], dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class KneeResult:
+    roi: KneeRoi
+    probabilities: tuple[float, ...]  # calibrated, one per KL grade
+    attention: float  # share of the Grad-CAM mass on the joint band, 0..1
+    reliability: Reliability
+    cam: np.ndarray  # Grad-CAM of the predicted grade over the ROI (h, w), not normalised
+
+    @property
+    def grade(self) -> int:
+        return int(np.argmax(self.probabilities))
+
+    @property
+    def confidence(self) -> float:
+        return float(max(self.probabilities))
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """What the node concluded about one radiograph: graded knees, or why none was graded."""
+
+    radiograph: Radiograph
+    knees: tuple[KneeResult, ...]
+    reason: str = ""  # set when no knee was graded

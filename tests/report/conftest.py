@@ -1,0 +1,47 @@
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+
+from node.analyze import Analyzer
+from node.decode import decode
+from node.model import Grader
+from node.report import Device
+from node.synthetic import compose
+from node.training.data import CropSet
+from node.types import Analysis
+
+
+@pytest.fixture(scope="package")
+def analyzer(model_dir: Path) -> Analyzer:
+    return Analyzer(Grader(model_dir, device="cpu"))
+
+
+@pytest.fixture(scope="package")
+def device() -> Device:
+    return Device(name="KNEE_NODE", serial_number="TEST-1")
+
+
+def analyse(analyzer: Analyzer, crops: CropSet, index: int, **options: object) -> Analysis:
+    """A composite radiograph through decode and analysis, as the worker would see it."""
+    composite = compose(crops, [index], np.random.default_rng(index), spacing_mm=0.3, **options)
+    buffer = io.BytesIO()
+    composite.dataset.save_as(buffer, enforce_file_format=True)
+    buffer.seek(0)
+    return analyzer.analyze([decode(pydicom.dcmread(buffer))])[0]
+
+
+@pytest.fixture(scope="package")
+def graded(analyzer: Analyzer, val_crops: CropSet) -> Analysis:
+    analysis = analyse(analyzer, val_crops, 4)
+    assert len(analysis.knees) == 1
+    return analysis
+
+
+@pytest.fixture(scope="package")
+def not_graded(graded: Analysis) -> Analysis:
+    return Analysis(graded.radiograph, (), "lateral view (ViewPosition LL) is not graded")

@@ -1,0 +1,87 @@
+"""The Secondary Capture: valid, in the source study, heatmap inside the knee ROI only, labels and disclaimer."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from node.analyze import Analyzer
+from node.report import Device
+from node.report.sc import MAX_SIDE, build_sc, knee_label, render
+from node.types import Analysis, KneeResult, KneeRoi, Laterality, Radiograph, Reliability
+from tests.helpers import dciodvfy_errors
+
+
+def colourful(pixels: np.ndarray) -> np.ndarray:
+    """Where R, G and B differ: heatmap, box, legend or coloured text (the radiograph itself is grey)."""
+    channels = pixels.astype(np.int16)
+    return (np.abs(channels[..., 0] - channels[..., 1]) > 8) | (np.abs(channels[..., 1] - channels[..., 2]) > 8)
+
+
+def roi_box(knee: KneeResult, scale: float) -> tuple[int, int, int, int]:
+    (row, col), (half_rows, half_cols) = knee.roi.center, knee.roi.half_size
+    return (round((row - half_rows) * scale), round((row + half_rows) * scale),
+            round((col - half_cols) * scale), round((col + half_cols) * scale))
+
+
+def test_sc_is_a_valid_derived_image_of_the_source(tmp_path: Path, graded: Analysis, analyzer: Analyzer,
+                                                   device: Device) -> None:
+    sc = build_sc(graded, analyzer.spec, device)
+    sc.save_as(tmp_path / "sc.dcm", enforce_file_format=True)
+    assert dciodvfy_errors(tmp_path / "sc.dcm") == []
+    source = graded.radiograph.header
+    assert sc.SOPClassUID == "1.2.840.10008.5.1.4.1.1.7"
+    assert list(sc.ImageType) == ["DERIVED", "SECONDARY"]
+    assert (sc.PhotometricInterpretation, sc.SamplesPerPixel, sc.BitsAllocated) == ("RGB", 3, 8)
+    assert sc.BurnedInAnnotation == "YES"
+    assert sc.ImageLaterality == graded.knees[0].roi.laterality.value
+    assert sc.StudyInstanceUID == source.StudyInstanceUID and sc.SeriesInstanceUID != source.SeriesInstanceUID
+    (reference,) = sc.SourceImageSequence
+    assert (reference.ReferencedSOPClassUID, reference.ReferencedSOPInstanceUID) == (source.SOPClassUID,
+                                                                                      source.SOPInstanceUID)
+    assert list(sc.PatientOrientation) == list(source.PatientOrientation)
+
+
+def test_heatmap_only_inside_the_knee_roi(graded: Analysis, analyzer: Analyzer) -> None:
+    pixels = render(graded, analyzer.spec)
+    top, bottom, left, right = roi_box(graded.knees[0], 1.0)  # small radiograph: rendered at full size
+    assert pixels.shape[:2] == graded.radiograph.image.shape
+    colour = colourful(pixels)
+    inside = colour[top + 4:bottom - 4, left + 4:right - 4]
+    assert inside.mean() > 0.2  # the map covers much of the joint
+    outside = colour.copy()
+    outside[top - 80:bottom + 6, left - 6:right + 6] = False  # box and the label block above it
+    rows = pixels.shape[0]
+    outside[:rows // 12] = False  # legend
+    outside[-rows // 10:] = False  # disclaimer lines
+    assert outside.mean() == 0
+
+
+def test_sc_without_a_graded_knee_has_no_heatmap(not_graded: Analysis, analyzer: Analyzer, device: Device,
+                                                 tmp_path: Path) -> None:
+    pixels = render(not_graded, analyzer.spec)
+    colour = colourful(pixels)
+    rows = pixels.shape[0]
+    assert colour[rows // 12:-rows // 10].sum() == 0
+    assert colour[: rows // 12].any()  # the reason, in amber, and the legend
+    sc = build_sc(not_graded, analyzer.spec, device)
+    sc.save_as(tmp_path / "sc.dcm", enforce_file_format=True)
+    assert dciodvfy_errors(tmp_path / "sc.dcm") == []
+
+
+def test_large_radiographs_are_rendered_at_most_max_side(graded: Analysis, analyzer: Analyzer) -> None:
+    image = np.repeat(np.repeat(graded.radiograph.image, 3, axis=0), 3, axis=1)
+    large = Radiograph(graded.radiograph.header, image, graded.radiograph.spacing_mm)
+    knee = graded.knees[0]
+    roi = replace(knee.roi, center=(3 * knee.roi.center[0], 3 * knee.roi.center[1]),
+                  half_size=(3 * knee.roi.half_size[0], 3 * knee.roi.half_size[1]))
+    pixels = render(Analysis(large, (replace(knee, roi=roi),)), analyzer.spec)
+    assert max(pixels.shape[:2]) == MAX_SIDE
+
+
+def test_knee_label() -> None:
+    roi = KneeRoi(center=(500, 400), half_size=(300, 300), laterality=Laterality.RIGHT, confidence=1.0)
+    knee = KneeResult(roi, (0.02, 0.1, 0.78, 0.08, 0.02), 0.6, Reliability.NO_CONCERN, np.zeros((7, 7)))
+    assert knee_label(knee) == "R KL 2 (78%)"

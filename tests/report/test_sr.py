@@ -1,0 +1,119 @@
+"""The Structured Report: valid (dciodvfy, dsrdump), readable back with highdicom, per DESIGN.md's encoding."""
+
+from __future__ import annotations
+
+import subprocess
+from dataclasses import replace
+from pathlib import Path
+
+import highdicom as hd
+import numpy as np
+import pytest
+from pydicom.sr.codedict import codes
+
+from node.analyze import Analyzer
+from node.report import Device, build_outputs
+from node.report.sr import build_sr
+from node.training.data import CropSet
+from node.types import Analysis, Laterality
+from tests.helpers import dciodvfy_errors, require_tool
+from tests.report.conftest import analyse
+
+
+def written(tmp_path: Path, analysis: Analysis, analyzer: Analyzer, device: Device) -> Path:
+    path = tmp_path / "sr.dcm"
+    build_sr(analysis, analyzer.spec, device).save_as(path, enforce_file_format=True)
+    return path
+
+
+def dsrdump(path: Path, *options: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([require_tool("dsrdump"), *options, str(path)], capture_output=True, text=True)
+
+
+def test_sr_is_valid_and_dsrdump_reads_it_without_warnings(tmp_path: Path, graded: Analysis, analyzer: Analyzer,
+                                                           device: Device) -> None:
+    path = written(tmp_path, graded, analyzer, device)
+    assert dciodvfy_errors(path) == []
+    dump = dsrdump(path)
+    assert dump.returncode == 0
+    assert [line for line in (dump.stdout + dump.stderr).splitlines() if line[:2] in ("W:", "E:", "F:")] == []
+    assert "Imaging Measurement Report" in dump.stdout and "Kellgren-Lawrence grade" in dump.stdout
+
+
+def test_sr_round_trips_through_highdicom(tmp_path: Path, graded: Analysis, analyzer: Analyzer,
+                                          device: Device) -> None:
+    knee = graded.knees[0]
+    sr = hd.sr.srread(written(tmp_path, graded, analyzer, device))
+    assert sr.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.33"
+    assert (sr.CompletionFlag, sr.VerificationFlag, sr.PreliminaryFlag) == ("COMPLETE", "UNVERIFIED", "PRELIMINARY")
+    assert sr.Modality == "SR" and sr.StudyInstanceUID == graded.radiograph.header.StudyInstanceUID
+    assert sr.SeriesInstanceUID != graded.radiograph.header.SeriesInstanceUID
+    assert [item.CodingSchemeDesignator for item in sr.CodingSchemeIdentificationSequence] == ["99KNEEKL"]
+    (group,) = sr.content.get_planar_roi_measurement_groups()
+    side = knee.roi.laterality
+    assert group.tracking_identifier == f"{side.word} knee"
+    assert group.finding_type == hd.sr.CodedConcept("239873007", "SCT", "Osteoarthritis of knee")
+    (site,) = group.finding_sites
+    assert site.value == hd.sr.CodedConcept("49076000", "SCT", "Knee joint")
+    assert site.laterality == {Laterality.RIGHT: hd.sr.CodedConcept("24028007", "SCT", "Right"),
+                               Laterality.LEFT: hd.sr.CodedConcept("7771000", "SCT", "Left")}[side]
+
+    def number(code: str) -> float:
+        (measurement,) = group.get_measurements(name=hd.sr.CodedConcept(code, "99KNEEKL", "x"))
+        return float(measurement.value)
+
+    def coded(code: str) -> str:
+        (evaluation,) = group.get_qualitative_evaluations(name=hd.sr.CodedConcept(code, "99KNEEKL", "x"))
+        return str(evaluation.value.value)
+
+    assert number("KLN") == knee.grade
+    assert coded("KLG") == f"KL{knee.grade}"
+    assert number("KLC") == pytest.approx(100 * knee.confidence, abs=0.005)
+    assert [number(f"KLP{k}") for k in range(5)] == pytest.approx([100 * p for p in knee.probabilities], abs=0.005)
+    assert number("ATJ") == pytest.approx(100 * knee.attention, abs=0.005)
+    assert coded("REL") == knee.reliability.value
+    region = group.roi
+    assert region.graphic_type == hd.sr.GraphicTypeValues.POLYLINE
+    np.testing.assert_allclose(region.value, knee.roi.corners, atol=0.01)
+    (source,) = region.ContentSequence  # SELECTED FROM the radiograph
+    assert source.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == graded.radiograph.header.SOPInstanceUID
+    parameters = [item.TextValue for item in group[0].ContentSequence
+                  if item.ConceptNameCodeSequence[0].CodeMeaning == "Algorithm Parameters"]
+    assert f"weights sha256 {analyzer.spec.sha256}" in parameters
+
+
+def test_sr_without_a_graded_knee_says_why(tmp_path: Path, not_graded: Analysis, analyzer: Analyzer,
+                                           device: Device) -> None:
+    path = written(tmp_path, not_graded, analyzer, device)
+    assert dciodvfy_errors(path) == []
+    sr = hd.sr.srread(path)
+    assert sr.content.get_planar_roi_measurement_groups() == []
+    texts = [item for item in hd.sr.utils.find_content_items(sr, recursive=True)
+             if item.ValueType == "TEXT" and item.name == codes.DCM.Comment]
+    assert [item.value for item in texts] == ["No knee graded: lateral view (ViewPosition LL) is not graded"]
+    dump = dsrdump(path)
+    assert "No knee graded" in dump.stdout and "W:" not in dump.stdout + dump.stderr
+
+
+def test_output_uids_depend_only_on_source_and_model_version(graded: Analysis, analyzer: Analyzer,
+                                                             device: Device) -> None:
+    first = build_outputs(graded, analyzer.spec, device)
+    again = build_outputs(graded, analyzer.spec, device)
+    for one, two in zip(first, again, strict=True):
+        assert (one.SOPInstanceUID, one.SeriesInstanceUID) == (two.SOPInstanceUID, two.SeriesInstanceUID)
+    newer = build_outputs(graded, replace(analyzer.spec, version="9.9.9"), device)
+    assert {o.SOPInstanceUID for o in first}.isdisjoint(o.SOPInstanceUID for o in newer)
+    assert len({o.SOPInstanceUID for o in first} | {o.SeriesInstanceUID for o in first}) == 4
+
+
+def test_patient_study_and_character_set_are_carried_over(tmp_path: Path, analyzer: Analyzer, device: Device,
+                                                          val_crops: CropSet) -> None:
+    analysis = analyse(analyzer, val_crops, 11, non_ascii_name=True)
+    source = analysis.radiograph.header
+    for output in build_outputs(analysis, analyzer.spec, device):
+        for keyword in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyInstanceUID",
+                        "AccessionNumber", "StudyDate", "SpecificCharacterSet"):
+            assert str(output.get(keyword)) == str(source.get(keyword)), keyword
+        output.save_as(tmp_path / "out.dcm", enforce_file_format=True)
+        assert dciodvfy_errors(tmp_path / "out.dcm") == []
+    assert source.SpecificCharacterSet == "ISO_IR 192" and not str(source.PatientName).isascii()

@@ -1,0 +1,143 @@
+"""Decoding to display space: every supported transfer syntax, VOI, photometric; refusals with one-line reasons."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom import Dataset, dcmwrite
+from pydicom.data import get_testdata_file
+from pydicom.uid import JPEGBaseline8Bit
+
+from node.decode import SUPPORTED_TRANSFER_SYNTAXES, DecodeError, decode, pixel_spacing, read_radiograph
+from node.synthetic import LOSSY_SYNTAXES, SYNTAX_BITS, SYNTAXES, Composite, compose, encode
+from node.training.data import CropSet
+
+SPACING = 0.35  # mm: small radiographs, fast tests
+
+
+def as_received(dataset: Dataset) -> io.BytesIO:
+    """The bytes a receiver would spool."""
+    buffer = io.BytesIO()
+    dcmwrite(buffer, dataset, enforce_file_format=True)
+    buffer.seek(0)
+    return buffer
+
+
+@pytest.fixture(scope="module")
+def knee(val_crops: CropSet) -> dict[int, Composite]:
+    """One right knee at 8 and at 12 bits (JPEG baseline carries only 8)."""
+    return {bits: compose(val_crops, [3], np.random.default_rng(7), spacing_mm=SPACING, bits=bits)
+            for bits in (8, 12)}
+
+
+def test_the_scp_accepts_exactly_what_is_tested_here() -> None:
+    assert set(SUPPORTED_TRANSFER_SYNTAXES) == set(SYNTAXES)
+
+
+@pytest.mark.parametrize("syntax", SYNTAXES, ids=lambda uid: uid.name)
+def test_every_transfer_syntax_decodes_to_the_same_display_image(knee: dict[int, Composite], syntax: str) -> None:
+    bits = 12 if 12 in SYNTAX_BITS[syntax] else 8
+    radiograph = read_radiograph(as_received(encode(knee[bits].dataset, syntax)))
+    error = np.abs(radiograph.image - knee[bits].display)
+    if syntax in LOSSY_SYNTAXES:
+        assert error.mean() < 0.01 and error.max() < 0.1
+    else:
+        assert error.max() < 1e-5
+    assert radiograph.spacing_mm == pytest.approx((SPACING, SPACING))
+    assert "PixelData" not in radiograph.header  # decoded once, then dropped
+
+
+@pytest.mark.parametrize("modality", ["DX", "CR"])  # CR carries a non-identity rescale
+@pytest.mark.parametrize("voi", ["window", "lut"])
+def test_monochrome1_and_monochrome2_twins_give_the_same_display_image(val_crops: CropSet, modality: str,
+                                                                      voi: str) -> None:
+    twins = [compose(val_crops, [5], np.random.default_rng(1), spacing_mm=SPACING, bits=16, modality=modality,
+                     voi=voi, photometric=photometric) for photometric in ("MONOCHROME1", "MONOCHROME2")]
+    assert not np.array_equal(twins[0].dataset.pixel_array, twins[1].dataset.pixel_array)
+    images = [read_radiograph(as_received(twin.dataset)).image for twin in twins]
+    # The twins' stored values round differently by at most one grey level (of 65535), a few after a VOI LUT.
+    np.testing.assert_allclose(images[0], images[1], atol=1e-4)
+    np.testing.assert_allclose(images[0], twins[0].display, atol=1e-5)
+
+
+def test_without_voi_a_robust_window_is_used(val_crops: CropSet) -> None:
+    composite = compose(val_crops, [9], np.random.default_rng(2), spacing_mm=SPACING, voi="none")
+    image = read_radiograph(as_received(composite.dataset)).image
+    assert np.percentile(image, 0.5) == 0 and np.percentile(image, 99.5) == 1  # 1st-99th percentile stretched
+    inside = (image > 0) & (image < 1)
+    # Inside the window the mapping is linear in the stored values.
+    assert np.corrcoef(image[inside], composite.display[inside])[0, 1] > 0.9999
+
+
+def test_real_cr_in_monochrome1_and_jpeg2000() -> None:
+    """WG04 RG1 (chest CR, MONOCHROME1, 15-bit): JPEG 2000 lossless decodes to the uncompressed display."""
+    uncompressed = read_radiograph(get_testdata_file("RG1_UNCR.dcm", download=False))
+    j2k = read_radiograph(get_testdata_file("RG1_J2KR.dcm", download=False))
+    np.testing.assert_array_equal(uncompressed.image, j2k.image)
+    assert uncompressed.spacing_mm is None  # its PixelSpacing is 0.000\\0.000: unknown, not zero
+    # The lungs (little attenuation) are dark after MONOCHROME1 inversion, the mediastinum bright.
+    rows, columns = uncompressed.image.shape
+    lung = uncompressed.image[rows // 3, columns // 4]
+    spine = uncompressed.image[rows // 3, columns // 2]
+    assert lung < spine
+
+
+def header_only(**attributes: object) -> Dataset:
+    dataset = Dataset()
+    dataset.SOPClassUID = "1.2.840.10008.5.1.4.1.1.1"
+    for keyword, value in attributes.items():
+        setattr(dataset, keyword, value)
+    return dataset
+
+
+@pytest.mark.parametrize(("name", "reason"), [
+    ("SC_rgb.dcm", "not grayscale (PhotometricInterpretation RGB)"),
+    ("emri_small.dcm", "multi-frame image (10 frames)"),
+])
+def test_non_radiographs_are_refused_with_a_reason(name: str, reason: str) -> None:
+    with pytest.raises(DecodeError, match=reason.replace("(", r"\(").replace(")", r"\)")):
+        read_radiograph(get_testdata_file(name))
+
+
+def test_broken_inputs_are_refused_with_a_reason(tmp_path: Path, knee: dict[int, Composite]) -> None:
+    text = tmp_path / "notes.txt"
+    text.write_text("not an image at all\n")
+    with pytest.raises(DecodeError, match="no SOP Class UID or no pixel data"):
+        read_radiograph(text)
+    with pytest.raises(DecodeError, match="no SOP Class UID or no pixel data"):
+        decode(header_only(Rows=512, Columns=512))
+    tiny = pydicom.dcmread(as_received(knee[8].dataset))
+    tiny.Rows = 16
+    with pytest.raises(DecodeError, match="implausible image size 16 x"):
+        decode(tiny)
+    short = pydicom.dcmread(as_received(knee[8].dataset))
+    short.PixelData = short.PixelData[:1000]
+    with pytest.raises(DecodeError, match="cannot decode pixel data"):
+        decode(short)
+    flat = pydicom.dcmread(as_received(knee[8].dataset))
+    flat.PixelData = bytes(len(flat.PixelData))
+    del flat.WindowCenter, flat.WindowWidth
+    with pytest.raises(DecodeError, match="blank image"):
+        decode(flat)
+    truncated = tmp_path / "truncated.dcm"
+    truncated.write_bytes(as_received(encode(knee[8].dataset, JPEGBaseline8Bit)).getvalue()[:5000])
+    with pytest.raises(DecodeError):
+        read_radiograph(truncated)
+
+
+@pytest.mark.parametrize(("attributes", "expected"), [
+    ({"PixelSpacing": [0.2, 0.1], "ImagerPixelSpacing": [0.3, 0.3]}, (0.2, 0.1)),  # calibrated wins
+    ({"ImagerPixelSpacing": [0.22, 0.22], "EstimatedRadiographicMagnificationFactor": 1.1}, (0.2, 0.2)),
+    ({"PixelSpacing": [0, 0], "ImagerPixelSpacing": [0.15, 0.15]}, (0.15, 0.15)),
+    ({"PixelSpacing": [0, 0]}, None),
+    ({"ImagerPixelSpacing": [-0.1, 0.1]}, None),
+    ({"ImagerPixelSpacing": [0.1]}, None),
+    ({}, None),
+])
+def test_pixel_spacing(attributes: dict[str, object], expected: tuple[float, float] | None) -> None:
+    spacing = pixel_spacing(header_only(**attributes))
+    assert spacing == (pytest.approx(expected) if expected else None)
