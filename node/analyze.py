@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 
 from node.attention import joint_attention
-from node.localize import find_knees
+from node.localize import Localizer
 from node.model import Grader, ModelSpec
 from node.types import Analysis, KneeResult, KneeRoi, Radiograph, Reliability
 
@@ -40,26 +40,27 @@ class Analyzer:
 
     def __init__(self, grader: Grader) -> None:
         self.grader = grader
+        self.localizer = Localizer(grader.spec.field_mm)
 
     @property
     def spec(self) -> ModelSpec:
         return self.grader.spec
 
     def analyze(self, radiographs: Sequence[Radiograph]) -> list[Analysis]:
-        located = [find_knees(radiograph, self.spec.field_mm) for radiograph in radiographs]
+        located = [self.localizer.find_knees(radiograph) for radiograph in radiographs]
         rois = [roi for found, _ in located for roi in found]
-        if not rois:
-            return [Analysis(radiograph, (), reason) for radiograph, (_, reason) in zip(radiographs, located,
-                                                                                        strict=True)]
-        crops = np.stack([crop(radiograph.image, roi, self.spec.input_size)
-                          for radiograph, (found, _) in zip(radiographs, located, strict=True) for roi in found])
-        probabilities, cams = self.grader.predict(crops)
-        attention = joint_attention(cams)
-        results = [KneeResult(roi=roi, probabilities=tuple(float(p) for p in probabilities[i]),
-                              attention=float(attention[i]),
-                              reliability=reliability(float(attention[i]), float(probabilities[i].max()), self.spec),
-                              cam=cams[i])
-                   for i, roi in enumerate(rois)]
+        results: list[KneeResult] = []
+        if rois:
+            crops = np.stack([crop(radiograph.image, roi, self.spec.input_size)
+                              for radiograph, (found, _) in zip(radiographs, located, strict=True) for roi in found])
+            probabilities, cams = self.grader.predict(crops)
+            attention = joint_attention(cams)
+            results = [KneeResult(roi=roi, probabilities=tuple(float(p) for p in probabilities[i]),
+                                  attention=float(attention[i]),
+                                  reliability=reliability(float(attention[i]), float(probabilities[i].max()),
+                                                          self.spec),
+                                  cam=cams[i])
+                       for i, roi in enumerate(rois)]
         analyses, start = [], 0
         for radiograph, (found, reason) in zip(radiographs, located, strict=True):
             analyses.append(Analysis(radiograph, tuple(results[start:start + len(found)]), reason))

@@ -175,6 +175,28 @@ def cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from node.training.evaluate import evaluate
+
+    try:
+        metrics = evaluate(args.model, args.data, args.plots, args.cam_sanity, args.device)
+    except (OSError, ValueError) as error:
+        print(f"knee-node evaluate: {error}", file=sys.stderr)
+        return 1
+    print(f"{metrics['model']} on {args.data} ({metrics['n']} crops)")
+    for key in ("accuracy", "qwk", "mae", "macro_f1", "ece", "ece_uncalibrated", "joint_attention_median",
+                "attention_flagged", "low_confidence_flagged", "cam_randomization_rank_correlation"):
+        if key in metrics:
+            print(f"  {key:36} {metrics[key]:.4f}")
+    print(f"  {'recall per grade':36} {' '.join(f'{r:.3f}' for r in metrics['recall'])}")
+    print("  confusion (rows true, columns predicted):")
+    for row in metrics["confusion"]:
+        print("    " + " ".join(f"{count:5d}" for count in row))
+    if args.json:
+        print(json.dumps(metrics))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="knee-node", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -226,6 +248,16 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--spacing-mm", type=float, default=0.15, help="pixel spacing of the radiographs")
     synth.add_argument("--seed", type=int, default=0)
     synth.set_defaults(run=cmd_synth)
+
+    evaluate = commands.add_parser("evaluate", help="grading metrics, calibration and Grad-CAM sanity on crops")
+    evaluate.add_argument("--data", type=Path, required=True, help="folder with labels.csv (file,kl_grade) and images")
+    evaluate.add_argument("--model", type=Path, default=DEFAULT_MODEL_DIR, help="model folder (default: bundled)")
+    evaluate.add_argument("--json", action="store_true", help="end with one JSON line of all figures")
+    evaluate.add_argument("--plots", type=Path, help="write confusion.png and reliability.png here")
+    evaluate.add_argument("--cam-sanity", action="store_true",
+                          help="also run the model randomisation test on the Grad-CAMs")
+    evaluate.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    evaluate.set_defaults(run=cmd_evaluate)
 
     train = commands.add_parser("train", help="train, select on val/, calibrate and write a model folder")
     train.add_argument("--data", type=Path, required=True, help="folder with train/ and val/ (knee-kl layout)")

@@ -110,9 +110,9 @@ def display_image(stored: np.ndarray, dataset: Dataset) -> np.ndarray:
     elif "WindowCenter" in dataset and "WindowWidth" in dataset:
         image = window(values, dataset)
     else:
-        low, high = np.percentile(values[::4, ::4], PERCENTILE_WINDOW)
-        image = (values - low) / max(float(high - low), 1e-6)
-    np.clip(image, 0, 1, out=image)
+        low, high = (float(v) for v in np.percentile(values[::4, ::4], PERCENTILE_WINDOW))
+        image = (values - low) / max(high - low, 1e-6)
+    image = np.clip(image, 0, 1).astype(np.float32, copy=False)
     if dataset.PhotometricInterpretation.strip() == "MONOCHROME1":
         np.subtract(1, image, out=image)
     if image.max() - image.min() < 1e-6:

@@ -7,7 +7,6 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
 from pynetdicom.association import Association
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
@@ -61,9 +60,10 @@ def send(paths: Iterable[Path], peer: Destination, calling_ae: str, timeout: flo
             yield Sent(path, None, f"not a DICOM file with a SOP class and transfer syntax ({error})")
     ae = AE(calling_ae)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = ae.connection_timeout = timeout
+    # One context per class and syntax: offered several syntaxes in one context, an acceptor picks its favourite,
+    # and a file is sent only in the syntax it is stored in.
     for sop_class, syntax in sorted(contexts)[:MAX_CONTEXTS]:
-        syntaxes = dict.fromkeys([syntax, ExplicitVRLittleEndian, ImplicitVRLittleEndian])  # ordered, no repeats
-        ae.add_requested_context(sop_class, list(syntaxes))
+        ae.add_requested_context(sop_class, syntax)
     if not files:
         return
     association = ae.associate(peer.host, peer.port, ae_title=peer.ae_title)

@@ -45,7 +45,7 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from node.training.data import KNEE_KL_FIELD_MM, CropSet, load_crops
+from node.training.data import KNEE_KL_FIELD_MM, CropSet, crop_laterality, load_crops
 from node.types import Laterality
 
 Bits = Literal[8, 12, 16]
@@ -125,11 +125,6 @@ class Composite:
     dataset: Dataset  # complete, with file meta, Explicit VR Little Endian
     display: np.ndarray  # float32 (rows, columns) in 0..1, bright = dense: what a conforming viewer shows
     knees: tuple[KneeTruth, ...]
-
-
-def crop_laterality(file: str) -> Laterality:
-    """knee-kl names end in the knee side: `2/9001695R.jpg` is a right knee."""
-    return Laterality(Path(file).stem[-1].upper())
 
 
 def bilateral_pairs(crops: CropSet) -> list[tuple[int, int]]:

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import json
 import shutil
+import signal
+import socket
 import subprocess
+import sys
+import time
+import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
+import yaml
+from pynetdicom import AE, AllStoragePresentationContexts, evt
 
 from node.model import KneeGrader, ModelSpec, save_model
 from node.training.data import KNEE_KL_FIELD_MM
@@ -37,3 +46,111 @@ def dciodvfy_errors(path: Path) -> list[str]:
     """The error lines of dicom3tools' validator (`-new`: the current standard); warnings are not errors."""
     result = subprocess.run([require_tool("dciodvfy"), "-new", str(path)], capture_output=True, text=True)
     return [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("Error")]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class StoreScp:
+    """A real Storage SCP (pynetdicom) standing in for a PACS: keeps what it receives, answers `status`."""
+
+    def __init__(self, folder: Path, ae_title: str = "DEST", status: int = 0x0000) -> None:
+        self.folder, self.ae_title, self.status = folder, ae_title, status
+        self.port = free_port()
+        self.received: list[tuple[str, str]] = []  # (SOP Class UID, SOP Instance UID), in arrival order
+        self.server: Any = None
+        folder.mkdir(parents=True, exist_ok=True)
+
+    def on_store(self, event: evt.Event) -> int:
+        if self.status == 0x0000:
+            dataset = event.dataset
+            dataset.file_meta = event.file_meta
+            dataset.save_as(self.folder / f"{dataset.SOPInstanceUID}.dcm", enforce_file_format=True)
+            self.received.append((str(dataset.SOPClassUID), str(dataset.SOPInstanceUID)))
+        return self.status
+
+    def start(self) -> StoreScp:
+        ae = AE(self.ae_title)
+        ae.supported_contexts = AllStoragePresentationContexts
+        self.server = ae.start_server(("127.0.0.1", self.port), block=False,
+                                      evt_handlers=[(evt.EVT_C_STORE, self.on_store)])
+        return self
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+            self.server = None
+
+    def wait_for(self, count: int, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while len(self.received) < count and time.monotonic() < deadline:
+            time.sleep(0.2)
+        return len(self.received) >= count
+
+
+class NodeProcess:
+    """`knee-node serve` in its own process, on free loopback ports, with a config written for the test."""
+
+    def __init__(self, folder: Path, model_dir: Path, **config: Any) -> None:
+        self.folder = folder
+        self.scp_port, self.metrics_port = free_port(), free_port()
+        settings = {
+            "data_dir": str(folder / "data"),
+            "log_level": "DEBUG",
+            "scp": {"port": self.scp_port, "bind_address": "127.0.0.1",
+                    "peers": [{"ae_title": "STORESCU"}, {"ae_title": "ECHOSCU"}, {"ae_title": "TEST_SCU"}]},
+            "worker": {"model": str(model_dir), "threads": 1, "max_wait_ms": 100},
+            "metrics": {"port": self.metrics_port},
+        }
+        for section, values in config.items():
+            settings[section] = {**settings.get(section, {}), **values} if isinstance(values, dict) else values
+        self.config = folder / "node.yaml"
+        self.config.write_text(yaml.safe_dump(settings))
+        self.log = folder / "node.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 120) -> NodeProcess:
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen([sys.executable, "-m", "node.cli", "serve", "--config", str(self.config)],
+                                            stdout=log, stderr=log)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"node exited with {self.process.returncode}:\n{self.log.read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/healthz", timeout=1) as reply:
+                    if reply.status == 200:
+                        return self
+            except OSError:
+                time.sleep(0.2)
+        raise TimeoutError(f"node not healthy after {timeout} s:\n{self.log.read_text()[-3000:]}")
+
+    def kill(self) -> None:
+        """kill -9: no chance to clean up."""
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait()
+
+    def stop(self, timeout: float = 60) -> int:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout)
+
+    def events(self, name: str) -> list[dict[str, Any]]:
+        lines = [json.loads(line) for line in self.log.read_text().splitlines() if line.startswith("{")]
+        return [line for line in lines if line.get("event") == name]
+
+    def metric(self, name: str) -> float:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as reply:
+            for line in reply.read().decode().splitlines():
+                if line.startswith(name + " ") or line.startswith(name + "{"):
+                    return float(line.rsplit(" ", 1)[1])
+        return 0.0
+
+    def admin(self, command: str, *args: str) -> subprocess.CompletedProcess[str]:
+        """`knee-node status|requeue` on this node's config."""
+        return subprocess.run([sys.executable, "-m", "node.cli", command, "--config", str(self.config), *args],
+                              capture_output=True, text=True, timeout=60)

@@ -59,6 +59,7 @@ def test_monochrome1_and_monochrome2_twins_give_the_same_display_image(val_crops
                      voi=voi, photometric=photometric) for photometric in ("MONOCHROME1", "MONOCHROME2")]
     assert not np.array_equal(twins[0].dataset.pixel_array, twins[1].dataset.pixel_array)
     images = [read_radiograph(as_received(twin.dataset)).image for twin in twins]
+    assert all(image.dtype == np.float32 for image in images)
     # The twins' stored values round differently by at most one grey level (of 65535), a few after a VOI LUT.
     np.testing.assert_allclose(images[0], images[1], atol=1e-4)
     np.testing.assert_allclose(images[0], twins[0].display, atol=1e-5)
@@ -67,6 +68,7 @@ def test_monochrome1_and_monochrome2_twins_give_the_same_display_image(val_crops
 def test_without_voi_a_robust_window_is_used(val_crops: CropSet) -> None:
     composite = compose(val_crops, [9], np.random.default_rng(2), spacing_mm=SPACING, voi="none")
     image = read_radiograph(as_received(composite.dataset)).image
+    assert image.dtype == np.float32
     assert np.percentile(image, 0.5) == 0 and np.percentile(image, 99.5) == 1  # 1st-99th percentile stretched
     inside = (image > 0) & (image < 1)
     # Inside the window the mapping is linear in the stored values.

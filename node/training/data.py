@@ -12,6 +12,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from node.types import Laterality
+
 # Physical width of a knee-kl crop.  Measured on val/: the femoral condyles span a median 203 of the 224 pixels;
 # with a mean bicondylar width of about 80 mm in the OAI's population that puts 224 pixels at about 90 mm.
 KNEE_KL_FIELD_MM = 90.0
@@ -24,8 +26,27 @@ class CropSet:
     files: tuple[str, ...]
 
 
+def crop_laterality(file: str) -> Laterality:
+    """knee-kl names end in the knee side: `2/9001695R.jpg` is a right knee."""
+    return Laterality(Path(file).stem[-1].upper())
+
+
+def is_inverted(crop: np.ndarray) -> bool:
+    """True for a crop stored with inverted grey levels (bone dark), as about 1.2 % of knee-kl's are.
+
+    In a knee crop the femoral condyles are brighter than the soft tissue at the crop's sides; inverted, darker.
+    """
+    size = crop.shape[0]
+    bone = crop[int(0.15 * size):int(0.40 * size), int(0.25 * size):int(0.75 * size)].mean()
+    sides = np.concatenate([crop[:, :int(0.06 * size)], crop[:, -int(0.06 * size):]], axis=1).mean()
+    return bool(bone < sides)
+
+
 def load_crops(folder: Path, num_classes: int = 5) -> CropSet:
-    """Read `labels.csv` (file,kl_grade) and its images; any bad row fails with the row named."""
+    """Read `labels.csv` (file,kl_grade) and its images; any bad row fails with the row named.
+
+    Inverted crops are turned back: a decoded radiograph never shows bone dark, so neither should training.
+    """
     labels = folder / "labels.csv"
     if not labels.is_file():
         raise FileNotFoundError(f"{labels} not found (expected columns file,kl_grade)")
@@ -42,7 +63,7 @@ def load_crops(folder: Path, num_classes: int = 5) -> CropSet:
             image = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
             if image is None:
                 raise ValueError(f"{labels}:{line}: cannot read image {path}")
-            images.append(image)
+            images.append(255 - image if is_inverted(image) else image)
             grades.append(grade)
             files.append(row["file"])
     if not images:

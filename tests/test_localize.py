@@ -1,0 +1,101 @@
+"""Finding knee joints: position, side and count on composite radiographs; views and images that are not graded."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from pydicom import Dataset
+from pydicom.data import get_testdata_file
+
+from node.decode import decode, read_radiograph
+from node.localize import Localizer, view_not_graded
+from node.synthetic import Composite, bilateral_pairs, compose
+from node.training.data import KNEE_KL_FIELD_MM, CropSet
+from node.types import Laterality
+
+
+@pytest.fixture(scope="module")
+def localizer() -> Localizer:
+    return Localizer(KNEE_KL_FIELD_MM)
+
+
+def composites(crops: CropSet, count: int, bilateral: bool, seed: int, **options: object) -> list[Composite]:
+    rng = np.random.default_rng(seed)
+    pairs = bilateral_pairs(crops)
+    chosen = [pairs[int(rng.integers(len(pairs)))] if bilateral else (int(rng.integers(len(crops.files))),)
+              for _ in range(count)]
+    return [compose(crops, indices, rng, spacing_mm=float(rng.uniform(0.12, 0.2)), **options) for indices in chosen]
+
+
+def center_errors_mm(localizer: Localizer, composite: Composite) -> list[float]:
+    radiograph = decode(composite.dataset)
+    rois, reason = localizer.find_knees(radiograph)
+    assert reason == "" and len(rois) == len(composite.knees)
+    errors = []
+    for roi, truth in zip(sorted(rois, key=lambda r: r.center[1]), sorted(composite.knees, key=lambda k: k.center[1]),
+                          strict=True):
+        assert roi.laterality is truth.laterality
+        row_mm, col_mm = radiograph.spacing_mm or (np.nan, np.nan)
+        errors.append(float(np.hypot((roi.center[0] - truth.center[0]) * row_mm,
+                                     (roi.center[1] - truth.center[1]) * col_mm)))
+        assert roi.half_size[0] * row_mm == pytest.approx(KNEE_KL_FIELD_MM / 2)
+    return errors
+
+
+@pytest.mark.parametrize("bilateral", [False, True], ids=["single", "bilateral"])
+def test_every_knee_found_near_truth_with_its_side(localizer: Localizer, val_crops: CropSet, bilateral: bool) -> None:
+    errors = [e for c in composites(val_crops, 12, bilateral, seed=21) for e in center_errors_mm(localizer, c)]
+    assert len(errors) == (24 if bilateral else 12)
+    assert max(errors) < 10
+
+
+def test_laterality_without_header_comes_from_the_image(localizer: Localizer, val_crops: CropSet) -> None:
+    for composite in composites(val_crops, 6, bilateral=False, seed=5):
+        del composite.dataset.ImageLaterality
+        (roi,), _ = localizer.find_knees(decode(composite.dataset))
+        assert roi.laterality is composite.knees[0].laterality  # matched as a right or as a left knee
+
+
+def test_a_mirrored_bilateral_image_says_so_in_patient_orientation(localizer: Localizer, val_crops: CropSet) -> None:
+    (composite,) = composites(val_crops, 1, bilateral=True, seed=8)
+    radiograph = decode(composite.dataset)
+    mirrored = type(radiograph)(radiograph.header, np.ascontiguousarray(radiograph.image[:, ::-1]),
+                                radiograph.spacing_mm)
+    mirrored.header.PatientOrientation = ["R", "F"]
+    rois, _ = localizer.find_knees(mirrored)
+    # Now the patient's left knee is on the image left.
+    assert [roi.laterality for roi in sorted(rois, key=lambda r: r.center[1])] == [Laterality.LEFT, Laterality.RIGHT]
+
+
+def test_missing_spacing_is_estimated_from_the_knee(localizer: Localizer, val_crops: CropSet) -> None:
+    for composite in composites(val_crops, 4, bilateral=False, seed=3, spacing_tag="none"):
+        radiograph = decode(composite.dataset)
+        assert radiograph.spacing_mm is None
+        (roi,), _ = localizer.find_knees(radiograph)
+        truth = composite.knees[0]
+        assert np.hypot(roi.center[0] - truth.center[0], roi.center[1] - truth.center[1]) < 0.25 * roi.half_size[0]
+
+
+@pytest.mark.parametrize(("attributes", "reason"), [
+    ({"ViewPosition": "LL"}, "LL view is not graded"),
+    ({"ViewPosition": "", "SeriesDescription": "Knee skyline 30 deg"}, "skyline view is not graded"),
+    ({"ViewPosition": "AP", "ProtocolName": "KNEE LAT"}, "lat view is not graded"),
+    ({"ViewPosition": "PA", "SeriesDescription": "Knees bilateral PA"}, ""),
+])
+def test_views_that_are_not_graded(attributes: dict[str, str], reason: str) -> None:
+    header = Dataset()
+    for keyword, value in attributes.items():
+        setattr(header, keyword, value)
+    assert view_not_graded(header).startswith(reason) if reason else view_not_graded(header) == ""
+
+
+def test_a_lateral_composite_gets_no_roi(localizer: Localizer, val_crops: CropSet) -> None:
+    (composite,) = composites(val_crops, 1, bilateral=False, seed=2, view="LL")
+    assert localizer.find_knees(decode(composite.dataset)) == ([], "LL view is not graded (only AP/PA knee "
+                                                                    "radiographs are)")
+
+
+def test_an_ankle_radiograph_has_no_knee_joint(localizer: Localizer) -> None:
+    """WG04 RG3: distal tibia and ankle, no spacing; the ankle joint must not pass for a knee."""
+    rois, reason = localizer.find_knees(read_radiograph(get_testdata_file("RG3_UNCR.dcm", download=False)))
+    assert rois == [] and reason.startswith("no knee joint found")

@@ -1,0 +1,38 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from node.cli import main
+from node.training.evaluate import average_ranks, spearman
+from node.training.train import TrainOptions, train
+
+
+@pytest.fixture(scope="module")
+def trained(small_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("trained")
+    train(TrainOptions(data=small_dataset, out=out, epochs=1, batch_size=8, image_size=64))
+    return out
+
+
+def test_evaluate_prints_figures_and_ends_with_one_json_line(
+        trained: Path, small_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["evaluate", "--data", str(small_dataset / "val"), "--model", str(trained), "--json", "--plots",
+                 str(tmp_path), "--cam-sanity", "--device", "cpu"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    figures = json.loads(lines[-1])
+    assert {"accuracy", "qwk", "mae", "macro_f1", "ece"} <= figures.keys()
+    assert figures["n"] == 20 and np.array(figures["confusion"]).sum() == 20
+    assert -1 <= figures["cam_randomization_rank_correlation"] <= 1
+    assert (tmp_path / "confusion.png").stat().st_size > 0 and (tmp_path / "reliability.png").stat().st_size > 0
+    assert any(line.strip().startswith("qwk") for line in lines)
+
+
+def test_average_ranks_share_ties() -> None:
+    np.testing.assert_array_equal(average_ranks(np.array([0.0, 0.0, 3.0, 1.0])), [0.5, 0.5, 3.0, 2.0])
+    assert spearman(np.array([0, 0, 1, 2, 3.0]), np.array([0, 0, 2, 4, 9.0])) == pytest.approx(1.0)
+    assert spearman(np.array([1, 2, 3.0]), np.array([3, 2, 1.0])) == pytest.approx(-1.0)
+    assert np.isnan(spearman(np.zeros(4), np.arange(4.0)))
