@@ -1,14 +1,16 @@
 # Two entry points for a fresh machine (Debian, Python 3.11, root): `make run` and `make test`.
-# Both create .venv/ and install what is missing: Python packages, and DCMTK, dicom3tools, Orthanc
-# from Debian's packages.
+# Both create .venv/ and install what is missing: Python packages, and from Debian's packages DCMTK and
+# dicom3tools (peers and validators in the tests), Orthanc with its DICOMweb, Web Viewer and GDCM plugins
+# (integration tests, `knee-node demo`), Chromium (the browser check of the Web Viewer) and docker-compose
+# (to validate docker-compose.yml).
 
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-DEBIAN_PACKAGES := dcmtk dicom3tools
+DEBIAN_PACKAGES := dcmtk dicom3tools orthanc orthanc-dicomweb orthanc-webviewer orthanc-gdcm chromium
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint setup
+.PHONY: run test setup
 
 run: setup
 	$(BIN)/knee-node serve --config config/node.yaml
@@ -20,9 +22,11 @@ test: setup
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml Makefile
-	@missing=""; for tool in storescu dciodvfy; do command -v $$tool >/dev/null || missing=1; done; \
+	@missing=""; for tool in storescu dciodvfy Orthanc chromium docker-compose; do command -v $$tool >/dev/null || missing=1; done; \
+	test -e /usr/share/orthanc/plugins/libOrthancWebViewer.so || missing=1; \
 	if [ -n "$$missing" ]; then \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(DEBIAN_PACKAGES); \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(DEBIAN_PACKAGES) \
+		&& DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker-compose; \
 	fi
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	# torch first and by pip: the pinned wheels lie on this machine's disk (uv or poetry would download ~3 GB).

@@ -197,6 +197,22 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from node.demo import run_demo
+
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    try:
+        return run_demo(load(args.config), args.data, args.count, stop)
+    except (OSError, RuntimeError, ValueError) as error:
+        print(f"knee-node demo: {error}", file=sys.stderr)
+        return 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="knee-node", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -216,6 +232,14 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--role", choices=("all", "receiver", "worker", "dispatcher"), default="all",
                        help="which stages this process runs (all: the single-process node)")
     serve.set_defaults(run=cmd_serve)
+
+    demo = commands.add_parser("demo", help="Orthanc + the node on this machine, fed a few knee radiographs")
+    demo.add_argument("--data", type=Path, default=DEFAULT_CONFIG.parent.parent.parent / "shared" / "datasets" /
+                      "knee-kl" / "val", help="knee-kl split to make radiographs from")
+    demo.add_argument("-n", "--count", type=int, default=4, help="radiographs to upload")
+    demo.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="node YAML (ports and folders are "
+                      "replaced for the demo)")
+    demo.set_defaults(run=cmd_demo)
 
     for name, helptext in (("status", "queue counts by state, oldest job, dead letters"),
                            ("requeue", "put dead letters back into their queue")):

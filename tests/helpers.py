@@ -107,6 +107,7 @@ class NodeProcess:
         }
         for section, values in config.items():
             settings[section] = {**settings.get(section, {}), **values} if isinstance(values, dict) else values
+        folder.mkdir(parents=True, exist_ok=True)
         self.config = folder / "node.yaml"
         self.config.write_text(yaml.safe_dump(settings))
         self.log = folder / "node.log"
