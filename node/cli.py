@@ -24,6 +24,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     spec = train(TrainOptions(data=args.data, out=args.out, name=args.out.name, epochs=args.epochs,
                               batch_size=args.batch_size, lr=args.lr, image_size=args.image_size,
+                              low_res_size=args.low_res_size, low_res_epochs=args.low_res_epochs,
                               loss=args.loss, seed=args.seed, device=args.device, resume=args.resume))
     print(f"wrote {args.out} (temperature {spec.temperature}, sha256 {spec.sha256[:12]})")
     return 0
@@ -289,7 +290,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--epochs", type=int, default=30)
     train.add_argument("--batch-size", type=int, default=32)
     train.add_argument("--lr", type=float, default=1e-3)
-    train.add_argument("--image-size", type=int, default=224)
+    train.add_argument("--image-size", type=int, default=224, help="input size of the shipped model")
+    train.add_argument("--low-res-size", type=int, default=0,
+                       help="train the first --low-res-epochs at this size (progressive resizing)")
+    train.add_argument("--low-res-epochs", type=int, default=0)
     train.add_argument("--loss", choices=("sord", "ce"), default="sord",
                        help="sord: soft ordinal labels; ce: plain cross-entropy (both class-weighted)")
     train.add_argument("--seed", type=int, default=0)

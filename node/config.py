@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import types
 import typing
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
@@ -60,6 +61,7 @@ class Destination:
     ae_title: str
     host: str
     port: int
+    tls: bool = False  # DICOM TLS with the node's `tls` settings
 
     def __post_init__(self) -> None:
         check_ae_title(self.ae_title)
@@ -68,6 +70,22 @@ class Destination:
 
     def __str__(self) -> str:
         return f"{self.ae_title}@{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    """DICOM TLS (PS3.15 B.1): on for the SCP when a certificate is given, for each destination marked `tls`."""
+
+    certificate: Path | None = None  # PEM: the node's certificate (server, and client when a peer asks)
+    private_key: Path | None = None  # PEM, unencrypted
+    ca_certificates: Path | None = None  # PEM bundle that peers' certificates must chain to
+    require_peer_certificate: bool = True  # the SCP accepts only callers with a certificate from that bundle
+
+    def __post_init__(self) -> None:
+        check((self.certificate is None) == (self.private_key is None),
+              "private_key: certificate and private_key go together")
+        check(not self.require_peer_certificate or self.certificate is None or self.ca_certificates is not None,
+              "ca_certificates: needed to check peer certificates (or set require_peer_certificate: false)")
 
 
 @dataclass(frozen=True)
@@ -80,12 +98,14 @@ class ScpConfig:
     allow_any_peer: bool = False
     peers: tuple[Peer, ...] = ()
     keep_unselected: bool = False  # keep instances the selection rules pass over, in data_dir/unselected
+    min_free_disk_mb: int = 1024  # refuse (0xA700) rather than fill the disk below this
 
     def __post_init__(self) -> None:
         check_ae_title(self.ae_title)
         check_port(self.port, allow_zero=True)
         check(self.max_pdu == 0 or self.max_pdu >= 4096, "max_pdu: must be 0 (unlimited) or at least 4096")
         check(self.max_associations >= 1, "max_associations: must be at least 1")
+        check(self.min_free_disk_mb >= 0, "min_free_disk_mb: must be 0 or more")
 
 
 @dataclass(frozen=True)
@@ -145,6 +165,7 @@ class Config:
     data_dir: Path = Path("data")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     scp: ScpConfig = field(default_factory=ScpConfig)
+    tls: TlsConfig = field(default_factory=TlsConfig)
     selection: SelectionRules = field(default_factory=SelectionRules)
     queue: QueueConfig = field(default_factory=QueueConfig)
     worker: WorkerConfig = field(default_factory=WorkerConfig)
@@ -223,6 +244,8 @@ def convert(kind: Any, value: Any, path: str) -> Any:
         if not isinstance(value, list):
             raise ConfigError(f"config: {path}: expected a list, got {value!r}")
         return tuple(convert(arguments[0], item, f"{path}[{i}]") for i, item in enumerate(value))
+    if origin is types.UnionType and type(None) in arguments:  # optional: null or the other type
+        return None if value is None else convert(next(a for a in arguments if a is not type(None)), value, path)
     if origin is Literal:
         if value not in arguments:
             raise ConfigError(f"config: {path}: {value!r} is not one of {', '.join(map(str, arguments))}")
@@ -245,5 +268,10 @@ def resolve_paths(config: Config, base: Path) -> Config:
     def absolute(path: Path) -> Path:
         return path if path.is_absolute() else (base / path).resolve()
 
-    return replace(config, data_dir=absolute(config.data_dir),
+    tls = {name: absolute(value) for name in ("certificate", "private_key", "ca_certificates")
+           if (value := getattr(config.tls, name)) is not None}
+    for name, path in tls.items():
+        if not path.is_file():
+            raise ConfigError(f"config: tls.{name}: {path} not found")
+    return replace(config, data_dir=absolute(config.data_dir), tls=replace(config.tls, **tls),
                    worker=replace(config.worker, model=absolute(config.worker.model)))

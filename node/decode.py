@@ -48,35 +48,53 @@ PERCENTILE_WINDOW = (1.0, 99.0)  # used when the image carries no VOI
 class DecodeError(ValueError):
     """The input cannot become a radiograph; str() is a one-line reason for the user."""
 
+    def __init__(self, reason: str) -> None:
+        super().__init__(" ".join(reason.split()))  # decoders' messages can span lines
+
 
 def read_header(source: str | Path | BinaryIO) -> Dataset:
     """Parse everything but the pixel data (cheap: for selection before any decode)."""
-    try:
-        return pydicom.dcmread(source, stop_before_pixels=True, force=True)
-    except Exception as error:
-        raise DecodeError(f"not a readable DICOM file ({type(error).__name__}: {error})") from None
+    return read(source, stop_before_pixels=True)
 
 
 def read_radiograph(source: str | Path | BinaryIO) -> Radiograph:
+    return decode(read(source, stop_before_pixels=False))
+
+
+def read(source: str | Path | BinaryIO, stop_before_pixels: bool) -> Dataset:
+    """A DICOM file, with or without file meta; anything else is a DecodeError."""
     try:
-        dataset = pydicom.dcmread(source, force=True)
+        dataset = pydicom.dcmread(source, stop_before_pixels=stop_before_pixels, force=True)
     except Exception as error:
         raise DecodeError(f"not a readable DICOM file ({type(error).__name__}: {error})") from None
-    return decode(dataset)
+    if "SOPClassUID" not in dataset:
+        if not dataset.file_meta:
+            raise DecodeError("not a DICOM file (neither file meta information nor a SOP Class UID)")
+        raise DecodeError("no SOP Class UID: a truncated or malformed DICOM file")
+    if "TransferSyntaxUID" not in dataset.file_meta:  # a bare dataset: the encoding it was read in says it
+        implicit, little = dataset.original_encoding
+        dataset.file_meta.TransferSyntaxUID = (ImplicitVRLittleEndian if implicit else
+                                               ExplicitVRLittleEndian if little else ExplicitVRBigEndian)
+    return dataset
 
 
 def decode(dataset: Dataset) -> Radiograph:
     """Decode the pixel data of `dataset` (which loses it) into a display-space Radiograph."""
-    check_radiograph(dataset)
     try:
-        stored = dataset.pixel_array
-    except Exception as error:
-        syntax = dataset.file_meta.get("TransferSyntaxUID")
-        name = syntax.name if syntax else "unknown transfer syntax"
-        raise DecodeError(f"cannot decode pixel data ({name}): {error}") from None
-    if stored.shape != (dataset.Rows, dataset.Columns):
-        raise DecodeError(f"pixel data has shape {stored.shape}, expected ({dataset.Rows}, {dataset.Columns})")
-    image = display_image(stored, dataset)
+        check_radiograph(dataset)
+        try:
+            stored = dataset.pixel_array
+        except Exception as error:
+            syntax = dataset.file_meta.get("TransferSyntaxUID")
+            name = syntax.name if syntax else "unknown transfer syntax"
+            raise DecodeError(f"cannot decode pixel data ({name}): {error}") from None
+        if stored.shape != (dataset.Rows, dataset.Columns):
+            raise DecodeError(f"pixel data has shape {stored.shape}, expected ({dataset.Rows}, {dataset.Columns})")
+        image = display_image(stored, dataset)
+    except DecodeError:
+        raise
+    except Exception as error:  # malformed attribute values: an input error like any other, said in one line
+        raise DecodeError(f"malformed image attributes ({type(error).__name__}: {error})") from None
     del dataset.PixelData
     return Radiograph(header=dataset, image=image, spacing_mm=pixel_spacing(dataset))
 
@@ -101,8 +119,11 @@ def display_image(stored: np.ndarray, dataset: Dataset) -> np.ndarray:
     if dataset.get("ModalityLUTSequence"):
         values = apply_modality_lut(stored, dataset).astype(np.float32)
     else:
-        slope = float(dataset.get("RescaleSlope", 1) or 1)
-        values = stored.astype(np.float32) * slope + float(dataset.get("RescaleIntercept", 0) or 0)
+        slope = dataset.get("RescaleSlope")
+        slope = 1.0 if slope in (None, "") else float(slope)
+        if slope == 0 or not math.isfinite(slope):
+            raise DecodeError(f"invalid Rescale Slope {slope}")
+        values = stored.astype(np.float32) * slope + float(dataset.get("RescaleIntercept") or 0)
     if dataset.get("VOILUTSequence"):
         bits = int(dataset.VOILUTSequence[0].LUTDescriptor[2])
         # apply_voi indexes its LUT with the (integer) Modality LUT output.

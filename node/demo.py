@@ -21,7 +21,7 @@ from typing import Any
 import highdicom as hd
 import pydicom
 
-from node.config import Config, Destination, Peer, ScpConfig
+from node.config import Config, Destination, Peer
 
 REPO = Path(__file__).resolve().parent.parent
 ORTHANC_CONFIG = REPO / "config" / "orthanc" / "orthanc.json"

@@ -20,10 +20,12 @@ from pynetdicom import AE
 from pynetdicom.association import Association
 from pynetdicom.sop_class import ComprehensiveSRStorage, SecondaryCaptureImageStorage  # type: ignore[attr-defined]
 
+from node.audit import AuditLog
 from node.config import Config, DispatchConfig
 from node.logs import log_event
 from node.metrics import Metrics
 from node.queue import DELIVER, Job, Queue, State
+from node.tls import client_context
 
 BATCH = 32
 WARNING_STATUSES = {0x0001, 0xB000, 0xB006, 0xB007}
@@ -40,10 +42,11 @@ def delivered(status: int | None) -> bool:
 
 
 class Dispatcher:
-    def __init__(self, config: Config, queue: Queue, metrics: Metrics) -> None:
-        self.config, self.queue, self.metrics = config, queue, metrics
+    def __init__(self, config: Config, queue: Queue, metrics: Metrics, audit: AuditLog) -> None:
+        self.config, self.queue, self.metrics, self.audit = config, queue, metrics, audit
         self.destinations = {d.ae_title: d for d in config.destinations}
         self.deadline = math.inf  # set when stopping: the end of the outbox flush
+        self.tls = client_context(config.tls) if any(d.tls for d in config.destinations) else None
         self.ae = AE(config.scp.ae_title)
         timeout = config.dispatch.timeout_seconds
         self.ae.acse_timeout = self.ae.dimse_timeout = self.ae.network_timeout = self.ae.connection_timeout = timeout
@@ -56,15 +59,20 @@ class Dispatcher:
         while not self.expired():
             if stop.is_set() and self.deadline == math.inf:
                 self.deadline = time.monotonic() + drain_seconds
-            jobs = self.queue.claim(DELIVER, BATCH)
-            if not jobs:
-                if stop.is_set():
+            try:
+                jobs = self.queue.claim(DELIVER, BATCH)
+                if not jobs:
+                    if stop.is_set():
+                        return
+                    self.queue.wait(1.0)
+                    continue
+                jobs.sort(key=lambda job: job.payload["destination"])
+                for ae_title, group in groupby(jobs, key=lambda job: job.payload["destination"]):
+                    self.deliver(ae_title, list(group))
+            except Exception as error:  # the queue itself failing (disk full, broker gone): wait, try again
+                log_event("dispatcher_error", logging.ERROR, reason=repr(error), traceback=True)
+                if stop.wait(5.0):
                     return
-                self.queue.wait(1.0)
-                continue
-            jobs.sort(key=lambda job: job.payload["destination"])
-            for ae_title, group in groupby(jobs, key=lambda job: job.payload["destination"]):
-                self.deliver(ae_title, list(group))
 
     def expired(self) -> bool:
         return time.monotonic() >= self.deadline
@@ -75,7 +83,9 @@ class Dispatcher:
             for job in jobs:
                 self.queue.bury(job, f"destination {ae_title} is no longer configured")
             return
-        association = self.ae.associate(destination.host, destination.port, ae_title=destination.ae_title)
+        tls = (self.tls, destination.host) if destination.tls and self.tls else None
+        association = self.ae.associate(destination.host, destination.port, ae_title=destination.ae_title,
+                                        tls_args=tls)
         if not association.is_established:
             for job in jobs:
                 self.fail(job, f"cannot associate with {destination}")
@@ -107,8 +117,10 @@ class Dispatcher:
         path.unlink(missing_ok=True)
         self.metrics.sent.inc()
         self.metrics.result_to_delivered.observe(time.time() - job.payload["result_at"])
-        log_event("sent", sop_instance_uid=job.payload["sop_instance_uid"], source=job.payload["source"],
-                  destination=job.payload["destination"], status=f"0x{status:04X}")
+        fields = {"sop_instance_uid": job.payload["sop_instance_uid"], "source": job.payload["source"],
+                  "destination": job.payload["destination"], "status": f"0x{status:04X}"}
+        log_event("sent", **fields)
+        self.audit.record("delivered", **fields)
 
     def fail(self, job: Job, reason: str) -> None:
         self.metrics.failed.labels("deliver").inc()

@@ -76,7 +76,7 @@ def analyze_files(inputs: Iterable[Path], out_dir: Path, analyzer: Analyzer, dev
             try:
                 results[path] = report(path, analysis, out_dir, analyzer, device)
             except Exception as error:  # a header highdicom refuses must cost one file, not the run
-                results[path] = FileResult(str(path), "error", f"cannot build results: {error}")
+                results[path] = FileResult(str(path), "error", " ".join(f"cannot build results: {error}".split()))
         yield from (results[path] for path in batch)
 
 

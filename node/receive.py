@@ -7,20 +7,25 @@ answers Success.  Whatever it cannot keep gets a failure status, never a false S
 
 from __future__ import annotations
 
+import errno
 import io
 import logging
+import shutil
 import time
+from pathlib import Path
 from typing import Any
 
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
+from node.audit import AuditLog
 from node.config import Config
 from node.decode import SUPPORTED_TRANSFER_SYNTAXES, DecodeError, read_header
 from node.logs import instance_fields, log_event
 from node.metrics import Metrics
 from node.queue import ANALYZE, Queue, QueueUnavailable
 from node.storage import is_valid_uid, write_durably
+from node.tls import server_context
 
 SUCCESS = 0x0000
 OUT_OF_RESOURCES = 0xA700
@@ -29,8 +34,8 @@ CANNOT_UNDERSTAND = 0xC000
 
 
 class Receiver:
-    def __init__(self, config: Config, queue: Queue, metrics: Metrics) -> None:
-        self.config, self.queue, self.metrics = config, queue, metrics
+    def __init__(self, config: Config, queue: Queue, metrics: Metrics, audit: AuditLog) -> None:
+        self.config, self.queue, self.metrics, self.audit = config, queue, metrics, audit
         self.spool = config.data_dir / "spool"
         self.unselected = config.data_dir / "unselected"
         self.spool.mkdir(parents=True, exist_ok=True)
@@ -47,10 +52,13 @@ class Receiver:
     def start(self) -> int:
         """Listen; returns the bound port (useful when the config asks for port 0)."""
         scp = self.config.scp
-        self.server = self.ae.start_server((scp.bind_address, scp.port), block=False, evt_handlers=[
-            (evt.EVT_REQUESTED, self.on_requested), (evt.EVT_C_ECHO, self.on_echo), (evt.EVT_C_STORE, self.on_store)])
+        context = server_context(self.config.tls)
+        self.server = self.ae.start_server((scp.bind_address, scp.port), block=False, ssl_context=context,
+                                          evt_handlers=[(evt.EVT_REQUESTED, self.on_requested),
+                                                        (evt.EVT_C_ECHO, self.on_echo),
+                                                        (evt.EVT_C_STORE, self.on_store)])
         port = int(self.server.server_address[1])
-        log_event("listening", ae_title=scp.ae_title, address=scp.bind_address, port=port)
+        log_event("listening", ae_title=scp.ae_title, address=scp.bind_address, port=port, tls=context is not None)
         return port
 
     def stop(self, grace_seconds: float = 10.0) -> None:
@@ -101,12 +109,12 @@ class Receiver:
         try:
             if reason:
                 if self.config.scp.keep_unselected:
-                    write_durably(self.unselected / f"{uid}.dcm", encoded)
+                    self.keep(self.unselected / f"{uid}.dcm", encoded)
             else:
                 if self.queue.depth(ANALYZE) >= self.config.queue.max_depth:
                     return self.refuse(OUT_OF_RESOURCES, calling, uid, "queue full")
                 path = self.spool / f"{uid}.dcm"
-                write_durably(path, encoded)
+                self.keep(path, encoded)
                 self.queue.put(ANALYZE, uid, {"path": str(path), "sop_instance_uid": uid, "calling_ae": calling,
                                               "patient": fields["patient"], "received_at": time.time()})
                 self.metrics.selected.inc()
@@ -114,10 +122,20 @@ class Receiver:
             return self.refuse(OUT_OF_RESOURCES, calling, uid, f"cannot keep instance: {error}")
         self.metrics.received.inc()
         log_event("received", selected=reason is None, reason=reason or "", bytes=len(encoded), **fields)
+        self.audit.record("received", address=event.assoc.requestor.address, selected=reason is None,
+                          reason=reason or "", **fields)
         return SUCCESS
+
+    def keep(self, path: Path, encoded: bytes) -> None:
+        """Write durably, unless that would eat into the disk reserve (OSError, as a full disk would)."""
+        reserve = self.config.scp.min_free_disk_mb * 2**20
+        if shutil.disk_usage(path.parent).free - len(encoded) < reserve:
+            raise OSError(errno.ENOSPC, f"less than {self.config.scp.min_free_disk_mb} MB would be left free")
+        write_durably(path, encoded)
 
     def refuse(self, status: int, calling: str, uid: str, reason: str) -> int:
         self.metrics.failed.labels("receive").inc()
-        log_event("receive_failed", logging.WARNING, calling_ae=calling, sop_instance_uid=uid[:64],
-                  status=f"0x{status:04X}", reason=reason)
+        fields = {"calling_ae": calling, "sop_instance_uid": uid[:64], "status": f"0x{status:04X}", "reason": reason}
+        log_event("receive_failed", logging.WARNING, **fields)
+        self.audit.record("refused", **fields)
         return status

@@ -83,7 +83,7 @@ def store(association: Association, path: Path) -> Sent:
         return Sent(path, None, "association lost")
     try:
         response = association.send_c_store(path)
-    except ValueError as error:  # no accepted presentation context for its class and syntax
-        return Sent(path, None, str(error))
+    except Exception as error:  # a file pynetdicom cannot read or send costs that file, not the others
+        return Sent(path, None, " ".join(f"{type(error).__name__}: {error}".split()))
     status = int(response.Status) if response else None
     return Sent(path, status, "" if status is not None else "no response")

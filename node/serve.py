@@ -23,6 +23,7 @@ def serve(config: Config, role: Role = "all", on_ready: Callable[[dict[str, int]
           stop: threading.Event | None = None) -> int:
     """Run until `stop` is set (SIGTERM/SIGINT set it); `on_ready` gets the bound ports."""
     from node.analyze import Analyzer
+    from node.audit import AuditLog
     from node.dispatch import Dispatcher
     from node.model import Grader
     from node.receive import Receiver
@@ -41,15 +42,16 @@ def serve(config: Config, role: Role = "all", on_ready: Callable[[dict[str, int]
     metrics.track_depth(DELIVER, lambda: queue.depth(DELIVER))
     if role != "receiver":
         queue.recover()
-    receiver = Receiver(config, queue, metrics) if role in ("all", "receiver") else None
+    audit = AuditLog(config.data_dir)
+    receiver = Receiver(config, queue, metrics, audit) if role in ("all", "receiver") else None
     loops: dict[str, tuple[threading.Thread, threading.Event]] = {}
     if role in ("all", "worker"):
         grader = Grader(config.worker.model, device=config.worker.device, threads=config.worker.threads or None)
-        worker = Worker(config, queue, Analyzer(grader), Device(name=config.scp.ae_title), metrics)
+        worker = Worker(config, queue, Analyzer(grader), Device(name=config.scp.ae_title), metrics, audit)
         loops["worker"] = background(worker.run, "worker")
         log_event("model_loaded", model=grader.spec.name, version=grader.spec.version, device=str(grader.device))
     if role in ("all", "dispatcher"):
-        loops["dispatcher"] = background(Dispatcher(config, queue, metrics).run, "dispatcher")
+        loops["dispatcher"] = background(Dispatcher(config, queue, metrics, audit).run, "dispatcher")
         if not config.destinations:
             log_event("no_destinations", results=str(config.data_dir / "results"))
 
@@ -85,6 +87,7 @@ def serve(config: Config, role: Role = "all", on_ready: Callable[[dict[str, int]
     if server is not None:
         server.stop()
     queue.close()
+    audit.close()
     log_event("stopped", role=role)
     return 0
 

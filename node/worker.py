@@ -17,6 +17,7 @@ from typing import Any
 from pydicom import Dataset
 
 from node.analyze import Analyzer
+from node.audit import AuditLog
 from node.config import Config, Destination
 from node.decode import DecodeError, read_radiograph
 from node.logs import log_event
@@ -42,8 +43,10 @@ def encode(dataset: Dataset) -> bytes:
 
 
 class Worker:
-    def __init__(self, config: Config, queue: Queue, analyzer: Analyzer, device: Device, metrics: Metrics) -> None:
-        self.config, self.queue, self.analyzer, self.device, self.metrics = config, queue, analyzer, device, metrics
+    def __init__(self, config: Config, queue: Queue, analyzer: Analyzer, device: Device, metrics: Metrics,
+                 audit: AuditLog) -> None:
+        self.config, self.queue, self.analyzer, self.device = config, queue, analyzer, device
+        self.metrics, self.audit = metrics, audit
         self.results = config.data_dir / "results"
         self.results.mkdir(parents=True, exist_ok=True)
         for destination in config.destinations:
@@ -51,9 +54,13 @@ class Worker:
 
     def run(self, stop: threading.Event) -> None:
         while not stop.is_set():
-            jobs = self.next_batch(stop)
-            if jobs:
-                self.process(jobs)
+            try:
+                jobs = self.next_batch(stop)
+                if jobs:
+                    self.process(jobs)
+            except Exception as error:  # the queue itself failing (disk full, broker gone): wait, try again
+                log_event("worker_error", logging.ERROR, reason=repr(error), traceback=True)
+                stop.wait(RETRY_DELAY_SECONDS)
 
     def next_batch(self, stop: threading.Event) -> list[Job]:
         size = self.config.worker.batch_size
@@ -119,3 +126,9 @@ class Worker:
                   for knee in analysis.knees]
         log_event("processed", sop_instance_uid=job.key, patient=job.payload.get("patient", ""), knees=grades,
                   reason=analysis.reason, files=written)
+        self.audit.record("result", sop_instance_uid=job.key, patient=job.payload.get("patient", ""),
+                          model=f"{self.analyzer.spec.name} {self.analyzer.spec.version}",
+                          knees=[{"laterality": k.roi.laterality.value, "grade": k.grade,
+                                  "confidence": round(k.confidence, 4), "reliability": k.reliability.value}
+                                 for k in analysis.knees],
+                          reason=analysis.reason, outputs=[Path(p).name for p in written])

@@ -18,6 +18,7 @@ import torch
 import yaml
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 
+from node.config import Destination
 from node.model import KneeGrader, ModelSpec, save_model
 from node.training.data import KNEE_KL_FIELD_MM
 
@@ -150,6 +151,9 @@ class NodeProcess:
                 if line.startswith(name + " ") or line.startswith(name + "{"):
                     return float(line.rsplit(" ", 1)[1])
         return 0.0
+
+    def peer(self) -> Destination:
+        return Destination("KNEE_NODE", "127.0.0.1", self.scp_port)
 
     def admin(self, command: str, *args: str) -> subprocess.CompletedProcess[str]:
         """`knee-node status|requeue` on this node's config."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import cv2
 import highdicom as hd
 import numpy as np
@@ -99,8 +101,10 @@ def put_text(canvas: np.ndarray, text: str, origin: tuple[int, int], scale: floa
 
 def build_sc(analysis: Analysis, spec: ModelSpec, device: Device) -> hd.sc.SCImage:
     header = analysis.radiograph.header
-    orientation = header.get("PatientOrientation")
-    known_orientation = tuple(orientation) if orientation and len(orientation) == 2 else None
+    orientation = header.get("PatientOrientation") or []
+    known_orientation = (tuple(str(v) for v in orientation)
+                         if len(orientation) == 2 and all(re.fullmatch("[APRLHF]{1,3}", str(v)) for v in orientation)
+                         else None)
     sc = hd.sc.SCImage.from_ref_dataset(
         ref_dataset=header,
         pixel_array=render(analysis, spec),

@@ -35,7 +35,9 @@ class TrainOptions:
     batch_size: int = 32
     lr: float = 1e-3
     weight_decay: float = 0.05
-    image_size: int = 224
+    image_size: int = 224  # the model's input size, validated and shipped at
+    low_res_size: int = 0  # > 0: train the first low_res_epochs at this size (progressive resizing: CPU-cheap)
+    low_res_epochs: int = 0
     loss: Loss = "sord"
     field_mm: float = KNEE_KL_FIELD_MM
     seed: int = 0
@@ -107,6 +109,7 @@ def train(options: TrainOptions) -> ModelSpec:
 
     for epoch in range(first_epoch, options.epochs):
         module.train()
+        size = options.low_res_size if epoch < options.low_res_epochs else options.image_size
         order = torch.randperm(len(grades), generator=generator)
         started, total_loss = time.time(), 0.0
         bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{options.epochs}", unit="batch",
@@ -115,7 +118,7 @@ def train(options: TrainOptions) -> ModelSpec:
             index = order[step * options.batch_size:(step + 1) * options.batch_size]
             batch = images[index].to(device, torch.float32)[:, None] / 255.0
             target = grades[index].to(device)
-            inputs = standardize(augment(batch, options.image_size, generator))
+            inputs = standardize(augment(batch, size, generator))
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
                 logits = module(inputs.contiguous(memory_format=torch.channels_last)).float()
             if options.loss == "sord":
@@ -131,7 +134,7 @@ def train(options: TrainOptions) -> ModelSpec:
             bar.set_postfix(loss=f"{total_loss / (step + 1):.4f}", lr=f"{schedule.get_last_lr()[0]:.2e}")
         val_logits, _ = forward_in_batches(module, val_set.images, options.image_size, device)
         val = grading_metrics(softmax(val_logits), val_set.grades)
-        row = {"epoch": epoch + 1, "train_loss": round(total_loss / steps_per_epoch, 5),
+        row = {"epoch": epoch + 1, "size": size, "train_loss": round(total_loss / steps_per_epoch, 5),
                "val_qwk": round(val["qwk"], 4), "val_accuracy": round(val["accuracy"], 4),
                "val_mae": round(val["mae"], 4), "seconds": round(time.time() - started, 1)}
         history.append(row)

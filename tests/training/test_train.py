@@ -59,3 +59,11 @@ def test_low_confidence_threshold_flags_where_val_is_mostly_wrong() -> None:
     truth = np.array([0] * 50 + [1] * 40 + [0] * 10)  # unsure ones are right 20 % of the time
     threshold = low_confidence_threshold(probabilities, truth)
     assert 0.35 < threshold <= 0.9
+
+
+def test_progressive_resizing_trains_small_first_and_ships_the_full_size(small_dataset: Path, tmp_path: Path) -> None:
+    spec = train(TrainOptions(data=small_dataset, out=tmp_path, epochs=2, batch_size=8, image_size=64,
+                              low_res_size=48, low_res_epochs=1))
+    history = json.loads((tmp_path / "training.json").read_text())["history"]
+    assert [row["size"] for row in history] == [48, 64]
+    assert spec.input_size == 64
