@@ -3,5 +3,5 @@
 # more examples.  Usage: bench/fuzz.sh [decode examples] [C-STORE examples]   (defaults 5000 and 500)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-KNEE_NODE_FUZZ_DECODE_EXAMPLES="${1:-5000}" KNEE_NODE_FUZZ_STORE_EXAMPLES="${2:-500}" \
+FUZZ_DECODE_EXAMPLES="${1:-5000}" FUZZ_STORE_EXAMPLES="${2:-500}" \
     .venv/bin/pytest -q -p no:cacheprovider tests/hardening/test_fuzz.py --hypothesis-show-statistics

@@ -1,3 +1,12 @@
 """knee-node: grades knee osteoarthritis on DICOM radiographs and explains it with Grad-CAM."""
 
+import os
+
 __version__ = "0.1.0"
+
+# The model's OpenMP threads sleep rather than spin while they wait for each other.  The node's network and I/O
+# threads share the cores with them, and on a busy machine spinning threads stall one another: a DenseNet forward
+# took 2-10 times longer (BENCHMARKS.md).  OpenMP reads this once, when torch loads, so it is set here, before.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# JPEG 2000 decoding (OpenJPEG, via Pillow) on every core.
+os.environ.setdefault("OPJ_NUM_THREADS", "ALL_CPUS")

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import ssl
 import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
-from node.config import Config, ConfigError, Destination, load_config
+from node.config import DEFAULT_MODEL_DIR, Config, ConfigError, Destination, TlsConfig, load_config
 from node.logs import quiet_libraries
-from node.model import DEFAULT_MODEL_DIR
-from node.queue import Queue
+from node.queue import Queue, QueueUnavailable
 from node.scu import parse_peer
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "node.yaml"
@@ -79,7 +79,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     config = load(args.config)
     try:
         return serve(config, role=args.role)
-    except (OSError, ValueError) as error:  # port in use, model missing or altered
+    except (OSError, ValueError, QueueUnavailable) as error:  # port in use, model missing or altered, no broker
         print(f"knee-node serve: {error}", file=sys.stderr)
         return 1
 
@@ -95,7 +95,7 @@ def cmd_echo(args: argparse.Namespace) -> int:
     from node.scu import echo
 
     started = time.monotonic()
-    status = echo(args.peer, args.calling_ae)
+    status = echo(args.peer, args.calling_ae, tls=tls_context(args))
     if status is None:
         print(f"{args.peer}: no association (refused, unreachable or timed out)", file=sys.stderr)
         return 1
@@ -112,7 +112,7 @@ def cmd_send(args: argparse.Namespace) -> int:
     files = list(expand(args.files))
     failed = 0
     with tqdm(total=len(files), unit="file", desc=f"C-STORE to {args.peer}", file=sys.stderr) as progress:
-        for result in send(files, args.peer, args.calling_ae):
+        for result in send(files, args.peer, args.calling_ae, tls=tls_context(args)):
             progress.update()
             if result.status not in (0x0000, 0xB000, 0xB006, 0xB007):
                 failed += 1
@@ -120,6 +120,25 @@ def cmd_send(args: argparse.Namespace) -> int:
                 progress.write(f"{result.path}: {reason}", file=sys.stderr)
     print(f"sent {len(files) - failed} of {len(files)} to {args.peer}")
     return 1 if failed else 0
+
+
+def tls_context(args: argparse.Namespace) -> ssl.SSLContext | None:
+    """DICOM TLS for `echo` and `send` when --tls-ca is given."""
+    from node.tls import client_context
+
+    if args.tls_ca is None:
+        return None
+    try:
+        return client_context(TlsConfig(args.tls_cert, args.tls_key, args.tls_ca))
+    except (ValueError, OSError) as error:  # ssl.SSLError is an OSError
+        raise SystemExit(f"knee-node: tls: {error}") from None
+
+
+def add_tls_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--tls-ca", type=Path, metavar="PEM",
+                        help="DICOM TLS: the peer's certificate must chain to this bundle and name its host")
+    parser.add_argument("--tls-cert", type=Path, metavar="PEM", help="client certificate, for peers that ask for one")
+    parser.add_argument("--tls-key", type=Path, metavar="PEM", help="its private key (unencrypted)")
 
 
 def open_node_queue(config: Config) -> Queue:
@@ -256,12 +275,14 @@ def build_parser() -> argparse.ArgumentParser:
     echo = commands.add_parser("echo", help="C-ECHO a DICOM peer")
     echo.add_argument("peer", type=peer_argument, metavar="AET@HOST:PORT")
     echo.add_argument("--calling-ae", default="KNEE_NODE")
+    add_tls_arguments(echo)
     echo.set_defaults(run=cmd_echo)
 
     send = commands.add_parser("send", help="C-STORE files to a DICOM peer")
     send.add_argument("files", nargs="+", type=Path, metavar="FILE", help="DICOM files or folders (recursive)")
     send.add_argument("--to", dest="peer", type=peer_argument, required=True, metavar="AET@HOST:PORT")
     send.add_argument("--calling-ae", default="KNEE_NODE")
+    add_tls_arguments(send)
     send.set_defaults(run=cmd_send)
 
     synth = commands.add_parser("synth", help="make knee radiographs (DICOM) from knee-kl crops, with truth.json")

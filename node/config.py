@@ -18,10 +18,10 @@ from typing import Any, Literal
 
 import yaml
 
-from node.model import DEFAULT_MODEL_DIR
 from node.selection import SelectionRules
 
 ENV_PREFIX = "KNEE_NODE_"
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "models" / "kl-densenet121"  # the bundled model
 AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # 16 printable characters, no backslash
 
 
@@ -110,12 +110,18 @@ class ScpConfig:
 
 @dataclass(frozen=True)
 class QueueConfig:
-    backend: Literal["sqlite"] = "sqlite"
+    backend: Literal["sqlite", "redis"] = "sqlite"
+    redis_url: str = ""  # backend redis: redis://HOST:6379/0 (rediss:// for TLS)
     max_depth: int = 10000  # jobs waiting or running; beyond it the SCP answers 0xA700
     lease_seconds: float = 300.0
     max_attempts: int = 3
 
     def __post_init__(self) -> None:
+        if self.backend == "redis":
+            check(self.redis_url.startswith(("redis://", "rediss://", "unix://")),
+                  f"redis_url: {self.redis_url!r} is not a redis://, rediss:// or unix:// URL (backend redis)")
+        else:
+            check(self.redis_url == "", "redis_url: only used by backend redis (set queue.backend: redis)")
         check(self.max_depth >= 1, "max_depth: must be at least 1")
         check(self.lease_seconds > 0, "lease_seconds: must be positive")
         check(self.max_attempts >= 1, "max_attempts: must be at least 1")
@@ -127,7 +133,7 @@ class WorkerConfig:
     device: str = "auto"
     threads: int = 0  # CPU threads for the model; 0: torch's default (all cores)
     batch_size: int = 8
-    max_wait_ms: int = 200
+    max_wait_ms: int = 0  # 0: a batch is what is queued when the worker is free
 
     def __post_init__(self) -> None:
         check(self.device == "auto" or re.fullmatch(r"cpu|cuda(:\d+)?", self.device) is not None,
@@ -163,6 +169,7 @@ class MetricsConfig:
 @dataclass(frozen=True)
 class Config:
     data_dir: Path = Path("data")
+    spool_dir: Path | None = None  # None: data_dir/spool
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     scp: ScpConfig = field(default_factory=ScpConfig)
     tls: TlsConfig = field(default_factory=TlsConfig)
@@ -172,6 +179,11 @@ class Config:
     destinations: tuple[Destination, ...] = ()
     dispatch: DispatchConfig = field(default_factory=DispatchConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+
+    @property
+    def spool(self) -> Path:
+        """Received images until analysed: shared storage when receivers and workers run on several hosts."""
+        return self.spool_dir or self.data_dir / "spool"
 
 
 def load_config(path: Path | None, environ: typing.Mapping[str, str] = os.environ) -> Config:
@@ -274,4 +286,5 @@ def resolve_paths(config: Config, base: Path) -> Config:
         if not path.is_file():
             raise ConfigError(f"config: tls.{name}: {path} not found")
     return replace(config, data_dir=absolute(config.data_dir), tls=replace(config.tls, **tls),
+                   spool_dir=absolute(config.spool_dir) if config.spool_dir else None,
                    worker=replace(config.worker, model=absolute(config.worker.model)))

@@ -15,6 +15,7 @@ import numpy as np
 import pydicom
 from pydicom import Dataset
 from pydicom.pixels import apply_modality_lut, apply_voi
+from pydicom.pixels.decoders import JPEG2000Decoder, JPEG2000LosslessDecoder
 from pydicom.uid import (
     JPEG2000,
     UID,
@@ -43,6 +44,12 @@ SUPPORTED_TRANSFER_SYNTAXES: tuple[UID, ...] = (
 )
 MIN_SIDE, MAX_SIDE = 64, 16384
 PERCENTILE_WINDOW = (1.0, 99.0)  # used when the image carries no VOI
+
+# JPEG 2000 through Pillow first: its OpenJPEG decodes on every core (OPJ_NUM_THREADS, set in node/__init__.py),
+# pylibjpeg's on one.  Both are OpenJPEG, so the values are the same; pylibjpeg remains the fallback.
+for _decoder in (JPEG2000LosslessDecoder, JPEG2000Decoder):
+    _decoder.remove_plugin("pylibjpeg")
+    _decoder.add_plugin("pylibjpeg", ("pydicom.pixels.decoders.pylibjpeg", "_decode_frame"))
 
 
 class DecodeError(ValueError):

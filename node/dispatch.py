@@ -15,8 +15,9 @@ import time
 from itertools import groupby
 from pathlib import Path
 
+from pydicom import dcmread
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import AE
+from pynetdicom import AE, _config
 from pynetdicom.association import Association
 from pynetdicom.sop_class import ComprehensiveSRStorage, SecondaryCaptureImageStorage  # type: ignore[attr-defined]
 
@@ -25,6 +26,7 @@ from node.config import Config, DispatchConfig
 from node.logs import log_event
 from node.metrics import Metrics
 from node.queue import DELIVER, Job, Queue, State
+from node.scu import send_c_store
 from node.tls import client_context
 
 BATCH = 32
@@ -51,7 +53,11 @@ class Dispatcher:
         timeout = config.dispatch.timeout_seconds
         self.ae.acse_timeout = self.ae.dimse_timeout = self.ae.network_timeout = self.ae.connection_timeout = timeout
         for sop_class in (SecondaryCaptureImageStorage, ComprehensiveSRStorage):
-            self.ae.add_requested_context(sop_class, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+            for syntax in (ExplicitVRLittleEndian, ImplicitVRLittleEndian):  # one each: a file streams only as is
+                self.ae.add_requested_context(sop_class, syntax)
+        # Result files go out as written: pynetdicom streams the dataset from the file rather than decoding and
+        # re-encoding it, which cost more than the rest of a delivery (BENCHMARKS.md).  A process-wide setting.
+        _config.STORE_SEND_CHUNKED_DATASET = True
 
     def run(self, stop: threading.Event, drain_seconds: float = 10.0) -> None:
         """Deliver until `stop` is set, then flush: go on with what is due for at most `drain_seconds`."""
@@ -108,7 +114,10 @@ class Dispatcher:
         if not path.is_file():
             self.queue.bury(job, f"result file {path} is missing")
             return
-        response = association.send_c_store(path)  # sent from the file as written, without decoding
+        try:
+            response = send_c_store(association, path)  # streamed from the file as written
+        except ValueError:  # the destination accepted only implicit VR: decoded and re-encoded on the way
+            response = send_c_store(association, dcmread(path))
         status = int(response.Status) if response else None
         if not delivered(status):
             self.fail(job, f"status 0x{status:04X}" if status is not None else "no response")

@@ -22,7 +22,6 @@ from torch import nn
 
 WEIGHTS_FILE = "model.safetensors"
 SPEC_FILE = "model.json"
-DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "models" / "kl-densenet121"
 
 
 class KneeGrader(nn.Module):

@@ -46,11 +46,18 @@ def write_dataset(dataset: Dataset, folder: Path) -> Path:
     return path
 
 
+def has_dicom_preamble(path: Path) -> bool:
+    """A DICOM Part 10 file: "DICM" after the 128-byte preamble."""
+    with path.open("rb") as handle:
+        return handle.read(132)[128:] == b"DICM"
+
+
 def expand(inputs: Iterable[Path]) -> Iterator[Path]:
-    """Files as given; folders searched recursively, in a stable order."""
+    """Files as given; folders searched recursively, in a stable order, for DICOM files (a folder's notes,
+    JSON or images of other formats are not inputs)."""
     for path in inputs:
         if path.is_dir():
-            yield from sorted(p for p in path.rglob("*") if p.is_file())
+            yield from sorted(p for p in path.rglob("*") if p.is_file() and has_dicom_preamble(p))
         else:
             yield path
 

@@ -1,21 +1,22 @@
 """The Storage SCP: Verification and Storage; an instance is acknowledged only once it is durably kept.
 
-No pixel decoding happens here: the handler parses the header for the selection rules, writes the encoded
-dataset as received to the spool (temp file, fsync, rename, fsync of the folder), queues a job, and only then
-answers Success.  Whatever it cannot keep gets a failure status, never a false Success.
+No pixel decoding happens here.  pynetdicom writes each instance to a file in data_dir/incoming as it arrives; the
+handler parses its header for the selection rules, moves it into the spool (fsync, rename, fsync of the folder),
+queues a job, and only then answers Success.  Whatever it cannot keep gets a failure status, never a false Success.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
-import io
 import logging
 import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from pynetdicom import AE, AllStoragePresentationContexts, evt
+from pynetdicom import AE, AllStoragePresentationContexts, _config, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from node.audit import AuditLog
@@ -24,22 +25,27 @@ from node.decode import SUPPORTED_TRANSFER_SYNTAXES, DecodeError, read_header
 from node.logs import instance_fields, log_event
 from node.metrics import Metrics
 from node.queue import ANALYZE, Queue, QueueUnavailable
-from node.storage import is_valid_uid, write_durably
+from node.storage import is_valid_uid, move_durably
 from node.tls import server_context
 
 SUCCESS = 0x0000
 OUT_OF_RESOURCES = 0xA700
 DATASET_DOES_NOT_MATCH = 0xA900
 CANNOT_UNDERSTAND = 0xC000
+STALE_SECONDS = 600  # an incoming file untouched this long belongs to a transfer that was cut off
 
 
 class Receiver:
     def __init__(self, config: Config, queue: Queue, metrics: Metrics, audit: AuditLog) -> None:
         self.config, self.queue, self.metrics, self.audit = config, queue, metrics, audit
-        self.spool = config.data_dir / "spool"
+        self.spool = config.spool
         self.unselected = config.data_dir / "unselected"
+        # Where pynetdicom writes arriving instances (file names unique, so receivers may share it).  On the
+        # spool's file system keeping one is a rename, elsewhere a copy.
+        self.incoming = config.data_dir / "incoming"
         self.spool.mkdir(parents=True, exist_ok=True)
         self.unselected.mkdir(parents=True, exist_ok=True)
+        self.incoming.mkdir(parents=True, exist_ok=True)
         scp = config.scp
         self.ae = AE(scp.ae_title)
         self.ae.maximum_pdu_size = scp.max_pdu
@@ -52,11 +58,18 @@ class Receiver:
     def start(self) -> int:
         """Listen; returns the bound port (useful when the config asks for port 0)."""
         scp = self.config.scp
+        # Keeping an instance written while it arrived is an fsync and a rename, not a copy of megabytes held in
+        # memory: about a third less CPU per instance (BENCHMARKS.md).  Both settings are process-wide; pynetdicom
+        # removes the file after the handler unless the handler moved it, but not that of a transfer cut off.
+        _config.STORE_RECV_CHUNKED_DATASET = True
+        tempfile.tempdir = str(self.incoming)  # pynetdicom's files go where tempfile puts them
+        self.sweep()
         context = server_context(self.config.tls)
         self.server = self.ae.start_server((scp.bind_address, scp.port), block=False, ssl_context=context,
                                           evt_handlers=[(evt.EVT_REQUESTED, self.on_requested),
                                                         (evt.EVT_C_ECHO, self.on_echo),
-                                                        (evt.EVT_C_STORE, self.on_store)])
+                                                        (evt.EVT_C_STORE, self.on_store),
+                                                        (evt.EVT_CONN_CLOSE, self.on_closed)])
         port = int(self.server.server_address[1])
         log_event("listening", ae_title=scp.ae_title, address=scp.bind_address, port=port, tls=context is not None)
         return port
@@ -92,14 +105,27 @@ class Receiver:
     def on_echo(self, event: evt.Event) -> int:
         return SUCCESS
 
+    def on_closed(self, event: evt.Event) -> None:
+        self.sweep()
+
+    def sweep(self) -> None:
+        """Remove what transfers that were cut off (aborted, or the receiver died) left in the incoming folder;
+        none of it was acknowledged."""
+        stale = time.time() - STALE_SECONDS
+        for path in self.incoming.iterdir():
+            with contextlib.suppress(OSError):  # another receiver's sweep was quicker
+                if path.stat().st_mtime < stale:
+                    path.unlink()
+
     def on_store(self, event: evt.Event) -> int:
         calling = event.assoc.requestor.ae_title.strip()
         uid = str(event.request.AffectedSOPInstanceUID or "")
         if not is_valid_uid(uid):
             return self.refuse(CANNOT_UNDERSTAND, calling, uid, "invalid SOP Instance UID")
-        encoded = event.encoded_dataset()
+        received = Path(event.dataset_path)  # the instance in DICOM file format, as it came
+        size = received.stat().st_size
         try:
-            header = read_header(io.BytesIO(encoded))
+            header = read_header(received)
         except DecodeError as error:
             return self.refuse(CANNOT_UNDERSTAND, calling, uid, str(error))
         if str(header.get("SOPInstanceUID", "")) != uid:
@@ -109,29 +135,29 @@ class Receiver:
         try:
             if reason:
                 if self.config.scp.keep_unselected:
-                    self.keep(self.unselected / f"{uid}.dcm", encoded)
+                    self.keep(received, self.unselected / f"{uid}.dcm")
             else:
                 if self.queue.depth(ANALYZE) >= self.config.queue.max_depth:
                     return self.refuse(OUT_OF_RESOURCES, calling, uid, "queue full")
                 path = self.spool / f"{uid}.dcm"
-                self.keep(path, encoded)
+                self.keep(received, path)
                 self.queue.put(ANALYZE, uid, {"path": str(path), "sop_instance_uid": uid, "calling_ae": calling,
                                               "patient": fields["patient"], "received_at": time.time()})
                 self.metrics.selected.inc()
         except (OSError, QueueUnavailable) as error:  # disk full, quota, permissions: promise nothing
             return self.refuse(OUT_OF_RESOURCES, calling, uid, f"cannot keep instance: {error}")
         self.metrics.received.inc()
-        log_event("received", selected=reason is None, reason=reason or "", bytes=len(encoded), **fields)
+        log_event("received", selected=reason is None, reason=reason or "", bytes=size, **fields)
         self.audit.record("received", address=event.assoc.requestor.address, selected=reason is None,
                           reason=reason or "", **fields)
         return SUCCESS
 
-    def keep(self, path: Path, encoded: bytes) -> None:
-        """Write durably, unless that would eat into the disk reserve (OSError, as a full disk would)."""
+    def keep(self, received: Path, path: Path) -> None:
+        """Move durably, unless that would eat into the disk reserve (OSError, as a full disk would)."""
         reserve = self.config.scp.min_free_disk_mb * 2**20
-        if shutil.disk_usage(path.parent).free - len(encoded) < reserve:
+        if shutil.disk_usage(path.parent).free - received.stat().st_size < reserve:
             raise OSError(errno.ENOSPC, f"less than {self.config.scp.min_free_disk_mb} MB would be left free")
-        write_durably(path, encoded)
+        move_durably(received, path)
 
     def refuse(self, status: int, calling: str, uid: str, reason: str) -> int:
         self.metrics.failed.labels("receive").inc()

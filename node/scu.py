@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import re
+import ssl
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from pydicom import Dataset
 from pynetdicom import AE
 from pynetdicom.association import Association
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
@@ -26,12 +29,12 @@ def parse_peer(text: str) -> Destination:
     return Destination(match["ae"], match["host"], int(match["port"]))
 
 
-def echo(peer: Destination, calling_ae: str, timeout: float = 10) -> int | None:
-    """The C-ECHO status, or None when no association could be made."""
+def echo(peer: Destination, calling_ae: str, timeout: float = 10, tls: ssl.SSLContext | None = None) -> int | None:
+    """The C-ECHO status, or None when no association could be made; `tls`: DICOM TLS with this context."""
     ae = AE(calling_ae)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = ae.connection_timeout = timeout
     ae.add_requested_context(Verification)
-    association = ae.associate(peer.host, peer.port, ae_title=peer.ae_title)
+    association = ae.associate(peer.host, peer.port, ae_title=peer.ae_title, tls_args=(tls, peer.host) if tls else None)
     if not association.is_established:
         return None
     try:
@@ -48,7 +51,8 @@ class Sent:
     reason: str = ""
 
 
-def send(paths: Iterable[Path], peer: Destination, calling_ae: str, timeout: float = 30) -> Iterator[Sent]:
+def send(paths: Iterable[Path], peer: Destination, calling_ae: str, timeout: float = 30,
+         tls: ssl.SSLContext | None = None) -> Iterator[Sent]:
     """C-STORE each file as stored on disk (no decoding), one association, one result per file."""
     files, contexts = [], set()
     for path in paths:
@@ -66,7 +70,7 @@ def send(paths: Iterable[Path], peer: Destination, calling_ae: str, timeout: flo
         ae.add_requested_context(sop_class, syntax)
     if not files:
         return
-    association = ae.associate(peer.host, peer.port, ae_title=peer.ae_title)
+    association = ae.associate(peer.host, peer.port, ae_title=peer.ae_title, tls_args=(tls, peer.host) if tls else None)
     if not association.is_established:
         yield from (Sent(path, None, f"cannot associate with {peer}") for path in files)
         return
@@ -78,11 +82,26 @@ def send(paths: Iterable[Path], peer: Destination, calling_ae: str, timeout: flo
             association.release()
 
 
+def send_c_store(association: Association, instance: Path | Dataset) -> Dataset:
+    """`association.send_c_store`, returning only once pynetdicom's reactor thread runs again.
+
+    Each send_* pauses that thread and waits until it says it is paused; just after a response, it still says so
+    until it gets the CPU back.  A next request sent in that window goes out with the thread running: it can take
+    the response off the queue and drop it ("Received unexpected C-STORE service message"), and the request then
+    fails after the DIMSE timeout (pynetdicom issue 875).  Under load (fast 0xA700 answers, a busy CPU) this
+    happened every few hundred stores.
+    """
+    response = association.send_c_store(instance)
+    while association._is_paused and association.is_alive():
+        time.sleep(0.0001)
+    return response
+
+
 def store(association: Association, path: Path) -> Sent:
     if not association.is_established:
         return Sent(path, None, "association lost")
     try:
-        response = association.send_c_store(path)
+        response = send_c_store(association, path)
     except Exception as error:  # a file pynetdicom cannot read or send costs that file, not the others
         return Sent(path, None, " ".join(f"{type(error).__name__}: {error}".split()))
     status = int(response.Status) if response else None

@@ -22,13 +22,9 @@ Role = Literal["all", "receiver", "worker", "dispatcher"]
 def serve(config: Config, role: Role = "all", on_ready: Callable[[dict[str, int]], None] | None = None,
           stop: threading.Event | None = None) -> int:
     """Run until `stop` is set (SIGTERM/SIGINT set it); `on_ready` gets the bound ports."""
-    from node.analyze import Analyzer
     from node.audit import AuditLog
     from node.dispatch import Dispatcher
-    from node.model import Grader
     from node.receive import Receiver
-    from node.report import Device
-    from node.worker import Worker
 
     setup_logging(config.log_level)
     stop = stop or threading.Event()
@@ -40,12 +36,17 @@ def serve(config: Config, role: Role = "all", on_ready: Callable[[dict[str, int]
     metrics = Metrics()
     metrics.track_depth(ANALYZE, lambda: queue.depth(ANALYZE))
     metrics.track_depth(DELIVER, lambda: queue.depth(DELIVER))
-    if role != "receiver":
-        queue.recover()
+    consumed = {"all": [ANALYZE, DELIVER], "worker": [ANALYZE], "dispatcher": [DELIVER], "receiver": []}[role]
+    queue.recover(consumed)
     audit = AuditLog(config.data_dir)
     receiver = Receiver(config, queue, metrics, audit) if role in ("all", "receiver") else None
     loops: dict[str, tuple[threading.Thread, threading.Event]] = {}
-    if role in ("all", "worker"):
+    if role in ("all", "worker"):  # only workers load torch and the model
+        from node.analyze import Analyzer
+        from node.model import Grader
+        from node.report import Device
+        from node.worker import Worker
+
         grader = Grader(config.worker.model, device=config.worker.device, threads=config.worker.threads or None)
         worker = Worker(config, queue, Analyzer(grader), Device(name=config.scp.ae_title), metrics, audit)
         loops["worker"] = background(worker.run, "worker")

@@ -78,7 +78,13 @@ class Worker:
         decoded, radiographs = [], []
         for job in jobs:
             try:
-                radiographs.append(read_radiograph(job.payload["path"]))
+                encoded = Path(job.payload["path"]).read_bytes()
+            except OSError as error:  # shared storage (NFS, SMB) not answering, or not showing the file yet
+                log_event("spool_unreadable", logging.WARNING, sop_instance_uid=job.key, reason=repr(error))
+                self.fail(job, repr(error))
+                continue
+            try:
+                radiographs.append(read_radiograph(io.BytesIO(encoded)))
                 decoded.append(job)
             except DecodeError as error:  # the same bytes will fail the same way: no retry
                 self.queue.bury(job, str(error))
@@ -106,7 +112,8 @@ class Worker:
         destinations = self.config.destinations
         deliveries: list[tuple[str, str, dict[str, Any]]] = []
         written = []
-        for dataset in build_outputs(analysis, self.analyzer.spec, self.device):
+        sc, sr = build_outputs(analysis, self.analyzer.spec, self.device)
+        for dataset in (sr, sc):  # queued, hence delivered, in this order: the report's kB before the image's MB
             name = file_name(dataset)
             # One hard link per destination: each delivery removes its own, the file goes with the last.
             paths = [outbox_folder(self.config.data_dir, d) / name for d in destinations] or [self.results / name]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import signal
-import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -14,11 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 import torch
 import yaml
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 
 from node.config import Destination
+from node.demo import free_port
 from node.model import KneeGrader, ModelSpec, save_model
 from node.training.data import KNEE_KL_FIELD_MM
 
@@ -49,17 +51,13 @@ def dciodvfy_errors(path: Path) -> list[str]:
     return [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("Error")]
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 class StoreScp:
-    """A real Storage SCP (pynetdicom) standing in for a PACS: keeps what it receives, answers `status`."""
+    """A real Storage SCP (pynetdicom) standing in for a PACS: keeps what it receives, answers `status`;
+    DICOM TLS with the server context `tls`."""
 
-    def __init__(self, folder: Path, ae_title: str = "DEST", status: int = 0x0000) -> None:
-        self.folder, self.ae_title, self.status = folder, ae_title, status
+    def __init__(self, folder: Path, ae_title: str = "DEST", status: int = 0x0000,
+                 tls: ssl.SSLContext | None = None) -> None:
+        self.folder, self.ae_title, self.status, self.tls = folder, ae_title, status, tls
         self.port = free_port()
         self.received: list[tuple[str, str]] = []  # (SOP Class UID, SOP Instance UID), in arrival order
         self.server: Any = None
@@ -76,7 +74,7 @@ class StoreScp:
     def start(self) -> StoreScp:
         ae = AE(self.ae_title)
         ae.supported_contexts = AllStoragePresentationContexts
-        self.server = ae.start_server(("127.0.0.1", self.port), block=False,
+        self.server = ae.start_server(("127.0.0.1", self.port), block=False, ssl_context=self.tls,
                                       evt_handlers=[(evt.EVT_C_STORE, self.on_store)])
         return self
 
@@ -92,11 +90,38 @@ class StoreScp:
         return len(self.received) >= count
 
 
+class RedisServer:
+    """A real redis-server on a free loopback port, no persistence, its files in `folder`."""
+
+    def __init__(self, folder: Path) -> None:
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        folder.mkdir(parents=True, exist_ok=True)
+        self.process = subprocess.Popen([require_tool("redis-server"), "--port", str(self.port), "--bind", "127.0.0.1",
+                                         "--dir", str(folder), "--save", "", "--appendonly", "no"],
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.client = redis.Redis(port=self.port, decode_responses=True)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                self.client.ping()
+                return
+            except redis.ConnectionError:
+                if time.monotonic() > deadline or self.process.poll() is not None:
+                    raise
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        self.client.close()
+        self.process.terminate()
+        self.process.wait(30)
+
+
 class NodeProcess:
     """`knee-node serve` in its own process, on free loopback ports, with a config written for the test."""
 
-    def __init__(self, folder: Path, model_dir: Path, **config: Any) -> None:
-        self.folder = folder
+    def __init__(self, folder: Path, model_dir: Path, role: str = "all", **config: Any) -> None:
+        self.folder, self.role = folder, role
         self.scp_port, self.metrics_port = free_port(), free_port()
         settings = {
             "data_dir": str(folder / "data"),
@@ -116,8 +141,8 @@ class NodeProcess:
 
     def start(self, timeout: float = 120) -> NodeProcess:
         with self.log.open("ab") as log:
-            self.process = subprocess.Popen([sys.executable, "-m", "node.cli", "serve", "--config", str(self.config)],
-                                            stdout=log, stderr=log)
+            self.process = subprocess.Popen([sys.executable, "-m", "node.cli", "serve", "--config", str(self.config),
+                                             "--role", self.role], stdout=log, stderr=log)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

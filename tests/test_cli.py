@@ -69,6 +69,7 @@ def test_bad_input_is_one_line_on_stderr_and_exit_1(model_dir: Path, tmp_path: P
     broken.parent.mkdir()
     broken.write_bytes(RG1.read_bytes()[:4000])  # truncated inside the pixel data
     shutil.copy(RG1, tmp_path / "in" / "chest.dcm")
+    (tmp_path / "in" / "notes.txt").write_text("a folder's notes are not an input\n")
     done = subprocess.run([sys.executable, "-m", "node.cli", "analyze", str(tmp_path / "in"), "--out",
                            str(tmp_path / "out"), "--model", str(model_dir), "--force"],
                           capture_output=True, text=True, timeout=300)
@@ -77,6 +78,7 @@ def test_bad_input_is_one_line_on_stderr_and_exit_1(model_dir: Path, tmp_path: P
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"{broken}: ")
     assert f"{tmp_path / 'in' / 'chest.dcm'}:" in done.stdout  # --force: analysed, whatever the body part
+    assert "notes.txt" not in done.stdout + done.stderr
 
 
 def test_usage_errors_exit_2(model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

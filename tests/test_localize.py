@@ -7,8 +7,11 @@ import pytest
 from pydicom import Dataset
 from pydicom.data import get_testdata_file
 
+from node.analyze import Analyzer
+from node.config import DEFAULT_MODEL_DIR
 from node.decode import decode, read_radiograph
 from node.localize import Localizer, view_not_graded
+from node.model import Grader
 from node.synthetic import Composite, bilateral_pairs, compose
 from node.training.data import KNEE_KL_FIELD_MM, CropSet
 from node.types import Laterality
@@ -99,3 +102,31 @@ def test_an_ankle_radiograph_has_no_knee_joint(localizer: Localizer) -> None:
     """WG04 RG3: distal tibia and ankle, no spacing; the ankle joint must not pass for a knee."""
     rois, reason = localizer.find_knees(read_radiograph(get_testdata_file("RG3_UNCR.dcm", download=False)))
     assert rois == [] and reason.startswith("no knee joint found")
+
+
+@pytest.mark.slow
+def test_on_150_composites_every_knee_is_found_and_graded_as_its_crop(localizer: Localizer,
+                                                                       val_crops: CropSet) -> None:
+    """The localization acceptance: 100 single-knee and 50 bilateral composites of val crops, the bundled model.
+
+    Every knee within 10 mm and on its side; the pipeline's grades (decode, find, crop by physical size) as
+    accurate as the model on the same crops given directly, within 2 points.
+    """
+    if not (DEFAULT_MODEL_DIR / "model.json").is_file():
+        pytest.skip(f"no bundled model at {DEFAULT_MODEL_DIR}")
+    analyzer = Analyzer(Grader(DEFAULT_MODEL_DIR))
+    composites_ = composites(val_crops, 100, False, seed=100) + composites(val_crops, 50, True, seed=150)
+    errors = [e for c in composites_ for e in center_errors_mm(localizer, c)]
+    truths = [knee for c in composites_ for knee in sorted(c.knees, key=lambda k: k.center[1])]
+    graded = [knee for c in composites_ for a in analyzer.analyze([decode(c.dataset)])
+              for knee in sorted(a.knees, key=lambda k: k.roi.center[1])]
+    direct, _ = analyzer.grader.predict(val_crops.images[[val_crops.files.index(t.file) for t in truths]])
+    grades = np.array([t.grade for t in truths])
+    pipeline_accuracy = float(np.mean([k.grade for k in graded] == grades))
+    crop_accuracy = float(np.mean(direct.argmax(1) == grades))
+    print(f"150 composites, {len(truths)} knees: ROI centre error median {np.median(errors):.1f} mm, max "
+          f"{max(errors):.1f} mm; accuracy {pipeline_accuracy:.3f} through the pipeline, {crop_accuracy:.3f} on the "
+          f"same crops directly")
+    assert len(errors) == len(graded) == 200 and max(errors) < 10
+    assert all(k.roi.laterality is t.laterality for k, t in zip(graded, truths, strict=True))
+    assert abs(pipeline_accuracy - crop_accuracy) <= 0.02

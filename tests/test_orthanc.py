@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -34,11 +36,12 @@ def radiographs(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     return [folder / record["file"] for record in records]
 
 
-def deployment(tmp_path: Path, model_dir: Path) -> tuple[LocalOrthanc, NodeProcess]:
+def deployment(tmp_path: Path, model_dir: Path, **node_config: Any) -> tuple[LocalOrthanc, NodeProcess]:
     node_port = free_port()
     orthanc = LocalOrthanc(tmp_path / "orthanc", node_port)
     node = NodeProcess(tmp_path / "node", model_dir, scp={"port": node_port, "peers": [{"ae_title": "ORTHANC"}]},
-                       destinations=[{"ae_title": "ORTHANC", "host": "127.0.0.1", "port": orthanc.dicom_port}])
+                       destinations=[{"ae_title": "ORTHANC", "host": "127.0.0.1", "port": orthanc.dicom_port}],
+                       **node_config)
     return orthanc, node
 
 
@@ -134,14 +137,21 @@ def test_orthanc_routes_knees_to_the_node_and_keeps_the_results_in_their_studies
 
 def test_results_arrive_although_orthanc_restarts_while_the_node_works(
         radiographs: list[Path], model_dir: Path, tmp_path: Path) -> None:
-    orthanc, node = deployment(tmp_path, model_dir)
+    # One batch of both radiographs: the node grades nothing before it has both.
+    orthanc, node = deployment(tmp_path, model_dir, worker={"batch_size": 2, "max_wait_ms": 60000})
     orthanc.start()
     node.start()
+    assert node.process is not None
     try:
         studies = [upload(orthanc, path) for path in radiographs[:2]]
         while node.metric("knee_node_received_total") < 2:
-            time.sleep(0.1)
-        orthanc.stop()  # while the node analyses; it stays down until the node has met it down
+            time.sleep(0.05)
+        node.process.send_signal(signal.SIGSTOP)  # held in its analysis while Orthanc goes down
+        try:
+            assert not node.events("sent")
+            orthanc.stop()
+        finally:
+            node.process.send_signal(signal.SIGCONT)
         deadline = time.monotonic() + 120
         while not node.events("send_failed"):
             assert time.monotonic() < deadline, "the node never tried to deliver"

@@ -1,4 +1,4 @@
-"""Durable job queues: one small interface; SQLite (WAL) embedded, a broker for scale-out.
+"""Durable job queues: one small interface; SQLite (WAL) embedded, Redis Streams for scale-out.
 
 Two topics flow through it: ANALYZE (a spooled radiograph waiting for the worker) and DELIVER (one result file for
 one destination).  A job is queued, then leased by one consumer, then done, or retried, or dead-lettered when its
@@ -85,15 +85,21 @@ class Queue(Protocol):
     def requeue_dead(self, topic: str | None = None) -> int:
         """Dead letters back to the queue with fresh attempts; returns how many."""
 
-    def recover(self) -> None:
-        """At start-up of the node that consumes this queue: what its previous run had leased (it died
-        holding them) is claimable again now rather than when the leases run out."""
+    def recover(self, topics: Sequence[str]) -> None:
+        """At start-up of a process that consumes `topics`: what its previous run had leased (it died holding
+        them) is claimable again now rather than when the leases run out; leases of live peers stay theirs.
+        SQLite (one host, one consuming process per topic): every lease of `topics` was the previous run's.
+        Redis (many consumers): the leases of consumers whose heartbeat stopped, whoever they were."""
 
     def close(self) -> None: ...
 
 
 def open_queue(config: QueueConfig, data_dir: Path, max_attempts: Mapping[str, int]) -> Queue:
     """The configured backend; nothing else in the node knows which one runs."""
+    if config.backend == "redis":
+        from node.queue.redis import RedisQueue
+
+        return RedisQueue(config.redis_url, config.lease_seconds, max_attempts)
     from node.queue.sqlite import SqliteQueue
 
     return SqliteQueue(data_dir / "queue.sqlite", config.lease_seconds, max_attempts)

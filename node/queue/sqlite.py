@@ -162,11 +162,11 @@ class SqliteQueue:
             self._available.notify_all()
             return cursor.rowcount
 
-    def recover(self) -> None:
+    def recover(self, topics: Sequence[str]) -> None:
         with self._available:
             with self._transaction() as db:
-                db.execute("UPDATE jobs SET state = ?, available_at = ? WHERE state = ?",
-                           (State.QUEUED, time.time(), State.LEASED))
+                db.executemany("UPDATE jobs SET state = ?, available_at = ? WHERE state = ? AND topic = ?",
+                               [(State.QUEUED, time.time(), State.LEASED, topic) for topic in topics])
             self._available.notify_all()
 
     def close(self) -> None:

@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -36,6 +37,7 @@ def test_analyze_gives_every_input_a_status_and_errors_one_line_each(corpus: lis
     assert "Traceback" not in done.stderr
     results = {Path(r["file"]): r for r in map(json.loads, done.stdout.splitlines())}
     assert len(results) == len(corpus)
+    print(f"analyze: {len(corpus)} inputs, {dict(Counter(r['status'] for r in results.values()))}")
     for case in corpus:
         result = results[case.path]
         assert result["status"] in case.analyze, (case.name, result)
@@ -66,6 +68,10 @@ def test_the_node_answers_each_input_and_stays_up(corpus: list[Case], model_dir:
         assert report["queued"] == report["leased"] == 0, report
     finally:
         assert node.stop() == 0
+    print(f"over DICOM: {len(statuses)} inputs, "
+          f"{dict(Counter('none' if s is None else f'0x{s:04X}' for s in statuses.values()))}, "
+          f"not sent: {[name for name, status in statuses.items() if status is None]}, "
+          f"0xC000: {[name for name, status in statuses.items() if status == 0xC000]}")
     assert statuses["control"] == 0x0000
     assert statuses["uid-path-characters"] == 0xC000
     for letter in json.loads(node.admin("status", "--json").stdout)["dead_letters"]:

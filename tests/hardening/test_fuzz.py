@@ -31,9 +31,9 @@ def originals(val_crops: CropSet, tmp_path_factory: pytest.TempPathFactory) -> l
             write(encode(dataset, "1.2.840.10008.1.2.4.90"), folder / "j2k.dcm").read_bytes()]
 
 
-# bench/fuzz.sh raises these bounds for a long run.
-DECODE_EXAMPLES = int(os.environ.get("KNEE_NODE_FUZZ_DECODE_EXAMPLES", "80"))
-STORE_EXAMPLES = int(os.environ.get("KNEE_NODE_FUZZ_STORE_EXAMPLES", "25"))
+# bench/fuzz.sh raises these bounds for a long run (not KNEE_NODE_*: the node would take them for config).
+DECODE_EXAMPLES = int(os.environ.get("FUZZ_DECODE_EXAMPLES", "80"))
+STORE_EXAMPLES = int(os.environ.get("FUZZ_STORE_EXAMPLES", "25"))
 
 
 @settings(max_examples=DECODE_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -1,0 +1,186 @@
+"""The queue's guarantees, the same tests on both backends: SQLite (a file) and Redis Streams (a real redis-server
+on loopback).  Consumers in other processes are real processes, killed with SIGKILL where a test needs a death."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+import node.queue.redis
+from node.config import ConfigError, QueueConfig, load_config
+from node.queue import ANALYZE, DELIVER, Queue, State, open_queue
+
+OpenQueue = Callable[..., Queue]
+
+CONSUMER = """
+import json, sys, time
+from pathlib import Path
+from node.config import ConfigError, QueueConfig, load_config
+from node.queue import open_queue
+config, data_dir, topic, limit = json.loads(sys.argv[1])
+queue = open_queue(QueueConfig(**config), Path(data_dir), {"analyze": 3, "deliver": 3})
+print(json.dumps([job.key for job in queue.claim(topic, limit)]), flush=True)
+time.sleep(600)
+"""
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def backend(request: pytest.FixtureRequest) -> dict[str, str]:
+    if request.param == "redis":
+        return {"backend": "redis", "redis_url": request.getfixturevalue("redis_url")}
+    return {"backend": "sqlite"}
+
+
+@pytest.fixture
+def open_(backend: dict[str, str], tmp_path: Path) -> Iterator[OpenQueue]:
+    """Opens a queue of the backend under test; each one stands for a process of the node."""
+    opened: list[Queue] = []
+
+    def open_queue_(lease_seconds: float = 60, max_attempts: int = 3) -> Queue:
+        config = QueueConfig(**backend, lease_seconds=lease_seconds)  # type: ignore[arg-type]
+        opened.append(open_queue(config, tmp_path, {ANALYZE: max_attempts, DELIVER: max_attempts}))
+        return opened[-1]
+
+    yield open_queue_
+    for queue in opened:
+        queue.close()
+
+
+def consumer_process(backend: dict[str, str], data_dir: Path, topic: str, limit: int) -> tuple[subprocess.Popen[str],
+                                                                                                  list[str]]:
+    """Another process that claims `limit` jobs and holds them; returns it and the keys it holds."""
+    process = subprocess.Popen([sys.executable, "-c", CONSUMER, json.dumps([backend, str(data_dir), topic, limit])],
+                               stdout=subprocess.PIPE, text=True)
+    assert process.stdout is not None
+    return process, json.loads(process.stdout.readline())
+
+
+def test_one_unfinished_job_per_key_and_complete_queues_the_follow_ups(open_: OpenQueue) -> None:
+    queue = open_()
+    assert queue.put(ANALYZE, "1.2.3", {"path": "a"})
+    assert not queue.put(ANALYZE, "1.2.3", {"path": "b"})  # a resent instance does not double the work
+    assert queue.put(ANALYZE, "1.2.4", {"path": "c"})
+    assert queue.depth(ANALYZE) == 2
+    jobs = queue.claim(ANALYZE, 10)
+    assert [(job.key, job.payload, job.attempts) for job in jobs] == [("1.2.3", {"path": "a"}, 1),
+                                                                     ("1.2.4", {"path": "c"}, 1)]
+    assert not queue.put(ANALYZE, "1.2.3", {"path": "d"})  # leased is unfinished too
+    assert queue.counts() == {ANALYZE: {"leased": 2}}
+    queue.complete(jobs[0], then=[(DELIVER, "9.1@PACS", {"n": 1}), (DELIVER, "9.2@PACS", {"n": 2})])
+    assert queue.counts() == {ANALYZE: {"leased": 1}, DELIVER: {"queued": 2}}
+    assert queue.put(ANALYZE, "1.2.3", {"path": "e"})  # finished: the key is free again
+    assert sorted(job.key for job in queue.claim(DELIVER, 10)) == ["9.1@PACS", "9.2@PACS"]
+    assert queue.claim(DELIVER, 10) == []
+    assert queue.depth(ANALYZE) == 2 and queue.depth(DELIVER) == 2
+
+
+def test_retry_waits_its_delay_then_dead_letters_when_attempts_run_out(open_: OpenQueue) -> None:
+    queue = open_(max_attempts=2)
+    queue.put(ANALYZE, "1.2.3", {})
+    (job,) = queue.claim(ANALYZE, 1)
+    assert queue.retry(job, "out of memory", delay=0.6) is State.QUEUED
+    assert queue.claim(ANALYZE, 1) == []  # not before its delay
+    assert queue.depth(ANALYZE) == 1 and (queue.oldest_age(ANALYZE) or 0) > 0
+    time.sleep(0.7)
+    (job,) = queue.claim(ANALYZE, 1)
+    assert job.attempts == 2
+    assert queue.retry(job, "out of memory again", delay=0) is State.DEAD
+    assert queue.claim(ANALYZE, 1) == [] and queue.depth(ANALYZE) == 0 and queue.oldest_age(ANALYZE) is None
+    (letter,) = queue.dead()
+    assert (letter.job.key, letter.job.attempts, letter.error) == ("1.2.3", 2, "out of memory again")
+    assert queue.counts() == {ANALYZE: {"dead": 1}}
+
+
+def test_requeue_gives_fresh_attempts_unless_a_newer_job_has_the_key(open_: OpenQueue) -> None:
+    queue = open_()
+    for key in ("1.1", "1.2"):
+        queue.put(ANALYZE, key, {"key": key})
+    for job in queue.claim(ANALYZE, 2):
+        queue.bury(job, "cannot decode")
+    queue.put(DELIVER, "9.1@PACS", {})
+    queue.bury(queue.claim(DELIVER, 1)[0], "no such destination")
+    assert sorted((d.job.topic, d.job.key, d.error) for d in queue.dead()) == [
+        (ANALYZE, "1.1", "cannot decode"), (ANALYZE, "1.2", "cannot decode"), (DELIVER, "9.1@PACS",
+                                                                                "no such destination")]
+    assert [d.job.key for d in queue.dead(DELIVER)] == ["9.1@PACS"]
+    assert queue.put(ANALYZE, "1.2", {"key": "1.2", "newer": True})  # a dead job is not unfinished
+    assert queue.requeue_dead(ANALYZE) == 1
+    assert [(d.job.topic, d.job.key) for d in queue.dead()] == [(ANALYZE, "1.2"), (DELIVER, "9.1@PACS")]
+    jobs = sorted(queue.claim(ANALYZE, 10), key=lambda job: job.key)
+    assert [(job.key, job.payload, job.attempts) for job in jobs] == [
+        ("1.1", {"key": "1.1"}, 1), ("1.2", {"key": "1.2", "newer": True}, 1)]
+    assert queue.requeue_dead() == 1  # 1.2's dead letter stays: its key is still unfinished
+    assert queue.counts() == {ANALYZE: {"leased": 2, "dead": 1}, DELIVER: {"queued": 1}}
+
+
+def test_release_gives_jobs_back_without_counting_the_attempt(open_: OpenQueue) -> None:
+    queue = open_()
+    queue.put(DELIVER, "9.1@PACS", {})
+    (job,) = queue.claim(DELIVER, 1)
+    queue.release([job])
+    (again,) = queue.claim(DELIVER, 1)
+    assert (again.key, again.attempts) == ("9.1@PACS", 1)
+
+
+def test_an_expired_lease_goes_to_the_next_consumer_then_to_dead_letter(open_: OpenQueue) -> None:
+    first, second = open_(lease_seconds=0.5, max_attempts=2), open_(lease_seconds=0.5, max_attempts=2)
+    first.put(ANALYZE, "1.2.3", {})
+    assert [job.attempts for job in first.claim(ANALYZE, 1)] == [1]
+    assert second.claim(ANALYZE, 1) == []  # leased, and the lease runs
+    time.sleep(0.6)
+    (job,) = second.claim(ANALYZE, 1)
+    assert (job.key, job.attempts) == ("1.2.3", 2)
+    time.sleep(0.6)
+    assert first.claim(ANALYZE, 1) == []  # attempts used up: dead, not leased a third time
+    (letter,) = first.dead()
+    assert letter.job.key == "1.2.3" and "attempts exhausted" in letter.error
+    second.complete(job)  # a late completion of the lost lease: the work is done, the dead letter goes
+    assert first.counts() == {} and first.dead() == []
+
+
+def test_recover_puts_back_what_a_killed_consumer_held(open_: OpenQueue, backend: dict[str, str],
+                                                       tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(node.queue.redis, "CONSUMER_TIMEOUT_SECONDS", 3.0)
+    queue = open_()
+    for key in ("1.1", "1.2"):
+        queue.put(ANALYZE, key, {})
+    queue.put(DELIVER, "9.1@PACS", {})
+    assert len(queue.claim(DELIVER, 1)) == 1  # a lease of another topic, held by a live process
+    process, held = consumer_process(backend, tmp_path, ANALYZE, 2)
+    process.kill()
+    process.wait()
+    assert held == ["1.1", "1.2"]
+    assert queue.claim(ANALYZE, 10) == []  # leased, and the leases run
+    if backend["backend"] == "redis":
+        time.sleep(3.5)  # the killed consumer's heartbeat stops counting: it is presumed dead
+    queue.recover([ANALYZE])
+    jobs = queue.claim(ANALYZE, 10)
+    assert sorted((job.key, job.attempts) for job in jobs) == [("1.1", 2), ("1.2", 2)]
+    assert queue.counts() == {ANALYZE: {"leased": 2}, DELIVER: {"leased": 1}}
+
+
+def test_redis_recover_leaves_a_live_peers_leases_and_takes_them_once_it_closes(redis_url: str,
+                                                                               tmp_path: Path) -> None:
+    config = QueueConfig(backend="redis", redis_url=redis_url)
+    live, restarted = (open_queue(config, tmp_path, {ANALYZE: 3, DELIVER: 3}) for _ in range(2))
+    live.put(ANALYZE, "1.1", {})
+    assert len(live.claim(ANALYZE, 1)) == 1
+    restarted.recover([ANALYZE, DELIVER])
+    assert restarted.claim(ANALYZE, 1) == []
+    live.close()  # gone for good: what it still held is the others' at once
+    (job,) = restarted.claim(ANALYZE, 1)
+    assert (job.key, job.attempts) == ("1.1", 2)
+    restarted.close()
+
+
+def test_backend_redis_needs_a_url_and_only_it_takes_one() -> None:
+    with pytest.raises(ConfigError, match=r"^config: queue.redis_url: '' is not a redis://"):
+        load_config(None, {"KNEE_NODE_QUEUE_BACKEND": "redis"})
+    with pytest.raises(ConfigError, match=r"^config: queue.redis_url: only used by backend redis"):
+        load_config(None, {"KNEE_NODE_QUEUE_REDIS_URL": "redis://localhost"})
