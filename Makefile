@@ -17,7 +17,7 @@ run: setup
 	$(BIN)/knee-node serve --config config/node.yaml
 
 test: setup
-	$(BIN)/ruff check node tests
+	$(BIN)/ruff check node tests bench
 	$(BIN)/pytest
 
 setup: $(STAMP)

@@ -1,8 +1,9 @@
 """The audit trail: one JSON line per received instance, per result and per delivery.
 
 It answers who sent what, what the node concluded with which model, and where it went.  Patients appear only as
-pseudonyms (a hash of the Patient ID); UIDs stay, since tracing an object needs them.  One file per host under
-data_dir/audit/, appended with a single write per line, so the roles of a node on one host can share it.
+pseudonyms (a keyed hash of the Patient ID, as in the logs); UIDs stay, since tracing an object needs them.  One
+file per host under data_dir/audit/, appended with a single write per line, so the roles of a node on one host can
+share it.
 """
 
 from __future__ import annotations

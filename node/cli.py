@@ -79,7 +79,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     config = load(args.config)
     try:
         return serve(config, role=args.role)
-    except (OSError, ValueError, QueueUnavailable) as error:  # port in use, model missing or altered, no broker
+    except (OSError, ValueError) as error:  # port in use, model missing or altered
         print(f"knee-node serve: {error}", file=sys.stderr)
         return 1
 
@@ -328,7 +328,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     quiet_libraries()
     run: Callable[[argparse.Namespace], int] = args.run
-    return run(args)
+    try:
+        return run(args)
+    except QueueUnavailable as error:  # serve, status, requeue: the broker is down or unreachable
+        print(f"knee-node {args.command}: queue unavailable: {error}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

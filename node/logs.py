@@ -1,18 +1,24 @@
-"""Structured logs: one JSON object per line and per event; patients appear only as a short hash."""
+"""Structured logs: one JSON object per line and per event; patients appear only as a keyed pseudonym."""
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import logging
+import secrets
 import sys
 import time
 import warnings
+from pathlib import Path
 from typing import Any
 
 from pydicom import Dataset
 
+from node.storage import create_durably
+
 LOGGER = logging.getLogger("knee_node")
+PSEUDONYM_KEY_FILE = "pseudonym.key"
 
 
 class JsonLines(logging.Formatter):
@@ -48,12 +54,20 @@ def log_event(event: str, level: int = logging.INFO, traceback: bool = False, **
     LOGGER.log(level, event, exc_info=traceback, extra={"fields": fields})
 
 
-def pseudonym(value: object) -> str:
-    """A short, stable stand-in for an identifier (10 hex digits of SHA-256)."""
-    return hashlib.sha256(str(value).encode()).hexdigest()[:10]
+def pseudonym_key(data_dir: Path) -> bytes:
+    """The node's secret for pseudonyms, made at first start in data_dir (shared by the processes using it)."""
+    path = data_dir / PSEUDONYM_KEY_FILE
+    create_durably(path, secrets.token_bytes(32))  # of processes starting together, one makes it
+    return path.read_bytes()
 
 
-def instance_fields(header: Dataset) -> dict[str, str]:
-    """What a log line may say about an instance: UIDs, modality, and the patient ID only hashed."""
+def pseudonym(value: object, key: bytes) -> str:
+    """A short, stable stand-in for an identifier: 12 hex digits of HMAC-SHA-256 under the node's secret.  Keyed,
+    so that a short Patient ID cannot be found again by hashing every candidate."""
+    return hmac.new(key, str(value).encode(), hashlib.sha256).hexdigest()[:12]
+
+
+def instance_fields(header: Dataset, key: bytes) -> dict[str, str]:
+    """What a log line may say about an instance: UIDs, modality, and the patient ID only as a pseudonym."""
     return {"sop_instance_uid": str(header.get("SOPInstanceUID", "")), "modality": str(header.get("Modality", "")),
-            "patient": pseudonym(header.get("PatientID", ""))}
+            "patient": pseudonym(header.get("PatientID", ""), key)}

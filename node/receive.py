@@ -22,7 +22,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from node.audit import AuditLog
 from node.config import Config
 from node.decode import SUPPORTED_TRANSFER_SYNTAXES, DecodeError, read_header
-from node.logs import instance_fields, log_event
+from node.logs import instance_fields, log_event, pseudonym_key
 from node.metrics import Metrics
 from node.queue import ANALYZE, Queue, QueueUnavailable
 from node.storage import is_valid_uid, move_durably
@@ -46,6 +46,7 @@ class Receiver:
         self.spool.mkdir(parents=True, exist_ok=True)
         self.unselected.mkdir(parents=True, exist_ok=True)
         self.incoming.mkdir(parents=True, exist_ok=True)
+        self.pseudonym_key = pseudonym_key(config.data_dir)
         scp = config.scp
         self.ae = AE(scp.ae_title)
         self.ae.maximum_pdu_size = scp.max_pdu
@@ -130,7 +131,7 @@ class Receiver:
             return self.refuse(CANNOT_UNDERSTAND, calling, uid, str(error))
         if str(header.get("SOPInstanceUID", "")) != uid:
             return self.refuse(DATASET_DOES_NOT_MATCH, calling, uid, "dataset SOP Instance UID differs from request")
-        fields = {"calling_ae": calling, **instance_fields(header)}
+        fields = {"calling_ae": calling, **instance_fields(header, self.pseudonym_key)}
         reason = self.config.selection.reason_to_skip(header)
         try:
             if reason:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import re
-import socket
+import tempfile
 from pathlib import Path
 
 UID_PATTERN = re.compile(r"^[0-9]+(\.[0-9]+)*$")
@@ -16,20 +16,45 @@ def is_valid_uid(value: str) -> bool:
     return len(value) <= 64 and UID_PATTERN.match(value) is not None and ".." not in value
 
 
-def write_durably(path: Path, data: bytes) -> None:
-    """Atomically replace `path` with `data`; once this returns, the file survives power loss."""
-    # Host and pid: on shared storage two receivers (each pid 1 in its container) may write the same instance.
-    temporary = path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}.tmp")
+def synced_temporary(path: Path, data: bytes) -> Path:
+    """`data` in a new temporary file beside `path` (mode 0600: patient data), fsynced; a disk that fills up
+    midway keeps no partial file.  Its name is unique even among writers of the same path on shared storage."""
+    descriptor, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    temporary = Path(name)
     try:
-        with open(temporary, "wb") as handle:
+        with open(descriptor, "wb") as handle:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    return temporary
+
+
+def write_durably(path: Path, data: bytes) -> None:
+    """Atomically replace `path` with `data`; once this returns, the file survives power loss."""
+    temporary = synced_temporary(path, data)
+    try:
         os.replace(temporary, path)
-    except BaseException:  # a disk that filled up midway keeps no partial file (it would stay full)
+    except BaseException:
         temporary.unlink(missing_ok=True)
         raise
     sync_folder(path.parent)
+
+
+def create_durably(path: Path, data: bytes) -> bool:
+    """Like write_durably, but only where `path` does not exist yet (False then): of several processes creating
+    the same file at once, exactly one succeeds, and no reader sees it half written."""
+    temporary = synced_temporary(path, data)
+    try:
+        os.link(temporary, path)
+    except FileExistsError:
+        return False
+    finally:
+        temporary.unlink()
+    sync_folder(path.parent)
+    return True
 
 
 def move_durably(source: Path, path: Path) -> None:

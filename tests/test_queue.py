@@ -184,3 +184,14 @@ def test_backend_redis_needs_a_url_and_only_it_takes_one() -> None:
         load_config(None, {"KNEE_NODE_QUEUE_BACKEND": "redis"})
     with pytest.raises(ConfigError, match=r"^config: queue.redis_url: only used by backend redis"):
         load_config(None, {"KNEE_NODE_QUEUE_REDIS_URL": "redis://localhost"})
+
+
+def test_status_and_requeue_say_in_one_line_that_the_broker_is_unreachable(tmp_path: Path) -> None:
+    config = tmp_path / "node.yaml"
+    config.write_text("queue:\n  backend: redis\n  redis_url: redis://127.0.0.1:1/0\n")  # nothing listens on port 1
+    for command in ("status", "requeue"):
+        done = subprocess.run([sys.executable, "-m", "node.cli", command, "--config", str(config)],
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 1
+        assert done.stderr.startswith(f"knee-node {command}: queue unavailable: redis: ")
+        assert len(done.stderr.strip().splitlines()) == 1

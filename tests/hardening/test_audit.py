@@ -13,7 +13,7 @@ import pytest
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
 
-from node.logs import pseudonym
+from node.logs import PSEUDONYM_KEY_FILE, pseudonym
 from node.scu import send
 from node.synthetic import compose
 from node.training.data import CropSet
@@ -62,6 +62,9 @@ def test_no_patient_data_in_logs_metrics_or_audit_and_the_audit_trail_is_complet
         found = [secret for secret in SECRETS if secret.lower() in text.lower()]
         assert found == [], f"{where} carries {found}"
 
+    key_file = node.folder / "data" / PSEUDONYM_KEY_FILE
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    patient = pseudonym(PATIENT_ID, key_file.read_bytes())  # keyed: not found by hashing candidate IDs
     records = [json.loads(line) for line in texts["audit"].splitlines()]
     by_event: dict[str, list[dict]] = {}
     for record in records:
@@ -71,13 +74,13 @@ def test_no_patient_data_in_logs_metrics_or_audit_and_the_audit_trail_is_complet
     received = {r["sop_instance_uid"]: r for r in by_event["received"]}
     assert set(received) == set(sources)
     for record in received.values():
-        assert record["patient"] == pseudonym(PATIENT_ID) and record["calling_ae"] == "TEST_SCU"
+        assert record["patient"] == patient and record["calling_ae"] == "TEST_SCU"
         assert record["address"] == "127.0.0.1"
     assert [received[uid]["selected"] for uid in sources] == [True, True, False]
     results = {r["sop_instance_uid"]: r for r in by_event["result"]}
     assert set(results) == set(sources[:2])  # the chest is not graded
     for record in results.values():
-        assert record["model"] == "test-random 0.0.0-test" and record["patient"] == pseudonym(PATIENT_ID)
+        assert record["model"] == "test-random 0.0.0-test" and record["patient"] == patient
         assert record["knees"] and all(knee["grade"] in range(5) for knee in record["knees"])
     delivered = by_event["delivered"]
     assert len(delivered) == 4 and {r["source"] for r in delivered} == set(sources[:2])
