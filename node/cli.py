@@ -22,10 +22,14 @@ DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "node.yaml"
 def cmd_train(args: argparse.Namespace) -> int:
     from node.training.train import TrainOptions, train
 
-    spec = train(TrainOptions(data=args.data, out=args.out, name=args.out.name, epochs=args.epochs,
-                              batch_size=args.batch_size, lr=args.lr, image_size=args.image_size,
-                              low_res_size=args.low_res_size, low_res_epochs=args.low_res_epochs,
-                              loss=args.loss, seed=args.seed, device=args.device, resume=args.resume))
+    try:
+        spec = train(TrainOptions(data=args.data, out=args.out, name=args.out.name, epochs=args.epochs,
+                                  batch_size=args.batch_size, lr=args.lr, image_size=args.image_size,
+                                  low_res_size=args.low_res_size, low_res_epochs=args.low_res_epochs,
+                                  loss=args.loss, seed=args.seed, device=args.device, resume=args.resume))
+    except (OSError, ValueError) as error:  # crops missing or unreadable, options that do not fit together
+        print(f"knee-node train: {error}", file=sys.stderr)
+        return 1
     print(f"wrote {args.out} (temperature {spec.temperature}, sha256 {spec.sha256[:12]})")
     return 0
 

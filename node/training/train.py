@@ -80,6 +80,8 @@ def pick_device(name: str) -> torch.device:
 
 
 def train(options: TrainOptions) -> ModelSpec:
+    if options.low_res_size and not 0 < options.low_res_epochs < options.epochs:
+        raise ValueError(f"low_res_epochs must be 1-{options.epochs - 1}: the last epochs train at image_size")
     device = pick_device(options.device)
     generator = seed_everything(options.seed)
     train_set, val_set = load_crops(options.data / "train"), load_crops(options.data / "val")
@@ -132,13 +134,13 @@ def train(options: TrainOptions) -> ModelSpec:
             schedule.step()
             total_loss += loss.item()
             bar.set_postfix(loss=f"{total_loss / (step + 1):.4f}", lr=f"{schedule.get_last_lr()[0]:.2e}")
-        val_logits, _ = forward_in_batches(module, val_set.images, options.image_size, device)
+        val_logits, _ = forward_in_batches(module, val_set.images, size, device)  # as trained: a fair reading
         val = grading_metrics(softmax(val_logits), val_set.grades)
         row = {"epoch": epoch + 1, "size": size, "train_loss": round(total_loss / steps_per_epoch, 5),
                "val_qwk": round(val["qwk"], 4), "val_accuracy": round(val["accuracy"], 4),
                "val_mae": round(val["mae"], 4), "seconds": round(time.time() - started, 1)}
         history.append(row)
-        improved = val["qwk"] > best_qwk
+        improved = size == options.image_size and val["qwk"] > best_qwk  # only the size that ships can be shipped
         if improved:
             best_qwk = val["qwk"]
             torch.save(module.state_dict(), best_path)

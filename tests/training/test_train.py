@@ -67,3 +67,6 @@ def test_progressive_resizing_trains_small_first_and_ships_the_full_size(small_d
     history = json.loads((tmp_path / "training.json").read_text())["history"]
     assert [row["size"] for row in history] == [48, 64]
     assert spec.input_size == 64
+    with pytest.raises(ValueError, match="low_res_epochs must be 1-1"):
+        train(TrainOptions(data=small_dataset, out=tmp_path, epochs=2, image_size=64, low_res_size=48,
+                           low_res_epochs=2))
