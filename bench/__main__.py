@@ -38,7 +38,7 @@ TARGETS = {"ingest_ratio": 1.0, "cpu_p50_uncompressed_s": 0.5, "cpu_p50_jpeg2000
 def choose_model(requested: Path | None, work: Path) -> tuple[Path, str]:
     """The model asked for; else the bundled one when trained; else random weights at the real input size."""
     if requested is not None:
-        return requested, "given"
+        return requested.resolve(), "given"  # the node under test runs in its own folder
     if (DEFAULT_MODEL_DIR / SPEC_FILE).is_file():
         return DEFAULT_MODEL_DIR, "bundled"
     return random_model(work / "random-model", input_size=224), "random weights (no bundled model yet)"

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.utils.image import scale_cam_image
 
+from node.config import DEFAULT_MODEL_DIR
 from node.model import SPEC_FILE, WEIGHTS_FILE, Grader, KneeGrader, ModelSpec, softmax, standardize
 
 
@@ -106,3 +107,11 @@ def test_spec_names_missing_fields(tmp_path: Path) -> None:
 def test_missing_model_folder_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match=r"model\.json not found"):
         Grader(tmp_path / "nowhere", device="cpu")
+
+
+def test_the_bundled_model_is_compact_checksummed_and_calibrated() -> None:
+    assert (DEFAULT_MODEL_DIR / WEIGHTS_FILE).stat().st_size < 20 * 2**20
+    spec = Grader(DEFAULT_MODEL_DIR, device="cpu").spec  # loading checks the weights against model.json's sha256
+    assert spec.temperature > 0 and spec.temperature != 1.0
+    assert 0 < spec.confidence_threshold < 1 and 0 < spec.attention_threshold < 1
+    assert "not for primary diagnosis" in (DEFAULT_MODEL_DIR / "MODEL_CARD.md").read_text()

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ from node.analyze import Analyzer
 from node.decode import decode
 from node.model import Grader
 from node.report import Device
-from node.synthetic import compose
+from node.synthetic import bilateral_pairs, compose
 from node.training.data import CropSet
 from node.types import Analysis
 
@@ -26,9 +27,9 @@ def device() -> Device:
     return Device(name="KNEE_NODE", serial_number="TEST-1")
 
 
-def analyse(analyzer: Analyzer, crops: CropSet, index: int, **options: object) -> Analysis:
-    """A composite radiograph through decode and analysis, as the worker would see it."""
-    composite = compose(crops, [index], np.random.default_rng(index), spacing_mm=0.3, **options)
+def analyse(analyzer: Analyzer, crops: CropSet, indices: Sequence[int], **options: object) -> Analysis:
+    """A composite radiograph (one knee, or a subject's two) through decode and analysis, as the worker sees it."""
+    composite = compose(crops, indices, np.random.default_rng(indices[0]), spacing_mm=0.3, **options)
     buffer = io.BytesIO()
     composite.dataset.save_as(buffer, enforce_file_format=True)
     buffer.seek(0)
@@ -37,8 +38,15 @@ def analyse(analyzer: Analyzer, crops: CropSet, index: int, **options: object) -
 
 @pytest.fixture(scope="package")
 def graded(analyzer: Analyzer, val_crops: CropSet) -> Analysis:
-    analysis = analyse(analyzer, val_crops, 4)
+    analysis = analyse(analyzer, val_crops, [4])
     assert len(analysis.knees) == 1
+    return analysis
+
+
+@pytest.fixture(scope="package")
+def bilateral(analyzer: Analyzer, val_crops: CropSet) -> Analysis:
+    analysis = analyse(analyzer, val_crops, bilateral_pairs(val_crops)[0])
+    assert len(analysis.knees) == 2
     return analysis
 
 

@@ -59,6 +59,16 @@ def test_heatmap_only_inside_the_knee_roi(graded: Analysis, analyzer: Analyzer) 
     assert outside.mean() == 0
 
 
+def test_a_bilateral_sc_shows_each_knee_with_its_own_label(bilateral: Analysis, analyzer: Analyzer) -> None:
+    pixels = render(bilateral, analyzer.spec)
+    colour = colourful(pixels)
+    for knee in bilateral.knees:
+        top, bottom, left, right = roi_box(knee, 1.0)
+        assert colour[top + 4:bottom - 4, left + 4:right - 4].mean() > 0.2  # its own heatmap
+        assert colour[max(top - 70, 0):top - 4, left:right].any()  # its label above its box
+    assert sorted(knee_label(knee)[0] for knee in bilateral.knees) == ["L", "R"]
+
+
 def test_sc_without_a_graded_knee_has_no_heatmap(not_graded: Analysis, analyzer: Analyzer, device: Device,
                                                  tmp_path: Path) -> None:
     pixels = render(not_graded, analyzer.spec)

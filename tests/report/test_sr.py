@@ -82,6 +82,19 @@ def test_sr_round_trips_through_highdicom(tmp_path: Path, graded: Analysis, anal
     assert f"weights sha256 {analyzer.spec.sha256}" in parameters
 
 
+def test_a_bilateral_radiograph_gives_one_measurement_group_per_knee(tmp_path: Path, bilateral: Analysis,
+                                                                    analyzer: Analyzer, device: Device) -> None:
+    path = written(tmp_path, bilateral, analyzer, device)
+    assert dciodvfy_errors(path) == []
+    groups = hd.sr.srread(path).content.get_planar_roi_measurement_groups()
+    assert sorted(group.tracking_identifier for group in groups) == ["Left knee", "Right knee"]
+    for group in groups:
+        knee = next(k for k in bilateral.knees if f"{k.roi.laterality.word} knee" == group.tracking_identifier)
+        (grade,) = group.get_measurements(name=hd.sr.CodedConcept("KLN", "99KNEEKL", "x"))
+        assert float(grade.value) == knee.grade
+        np.testing.assert_allclose(group.roi.value, knee.roi.corners, atol=0.01)
+
+
 def test_sr_without_a_graded_knee_says_why(tmp_path: Path, not_graded: Analysis, analyzer: Analyzer,
                                            device: Device) -> None:
     path = written(tmp_path, not_graded, analyzer, device)
@@ -108,7 +121,7 @@ def test_output_uids_depend_only_on_source_and_model_version(graded: Analysis, a
 
 def test_patient_study_and_character_set_are_carried_over(tmp_path: Path, analyzer: Analyzer, device: Device,
                                                           val_crops: CropSet) -> None:
-    analysis = analyse(analyzer, val_crops, 11, non_ascii_name=True)
+    analysis = analyse(analyzer, val_crops, [11], non_ascii_name=True)
     source = analysis.radiograph.header
     for output in build_outputs(analysis, analyzer.spec, device):
         for keyword in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyInstanceUID",

@@ -7,8 +7,10 @@ import numpy as np
 import pytest
 
 from node.cli import main
+from node.config import DEFAULT_MODEL_DIR
 from node.training.evaluate import average_ranks, spearman
 from node.training.train import TrainOptions, train
+from tests.helpers import KNEE_KL
 
 
 @pytest.fixture(scope="module")
@@ -36,3 +38,15 @@ def test_average_ranks_share_ties() -> None:
     assert spearman(np.array([0, 0, 1, 2, 3.0]), np.array([0, 0, 2, 4, 9.0])) == pytest.approx(1.0)
     assert spearman(np.array([1, 2, 3.0]), np.array([3, 2, 1.0])) == pytest.approx(-1.0)
     assert np.isnan(spearman(np.zeros(4), np.arange(4.0)))
+
+
+@pytest.mark.slow
+def test_evaluate_on_val_reproduces_the_model_cards_figures(capsys: pytest.CaptureFixture[str]) -> None:
+    """The card quotes evaluation.json, written by `knee-node evaluate --data .../val --json --cam-sanity`."""
+    assert main(["evaluate", "--data", str(KNEE_KL / "val"), "--json", "--cam-sanity", "--device", "cpu"]) == 0
+    figures = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    recorded = json.loads((DEFAULT_MODEL_DIR / "evaluation.json").read_text())
+    for key in ("accuracy", "qwk", "mae", "macro_f1", "ece", "ece_uncalibrated", "joint_attention_median",
+                "cam_randomization_rank_correlation"):
+        assert figures[key] == pytest.approx(recorded[key], abs=1e-4), key
+    assert figures["confusion"] == recorded["confusion"]
