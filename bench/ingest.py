@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from bench.inputs import fresh_copies
-from bench.measure import cpu_seconds, peak_rss_mb, percentile
+from bench.measure import cpu_seconds, percentile
 from node.demo import free_port
-from tests.helpers import NodeProcess
+from tests.helpers import NodeProcess, memory_mb
 
 ROUNDS = 3
 
@@ -91,7 +91,7 @@ def measure_ingest(source: Path, count: int, model_dir: Path, work: Path) -> dic
                 runs[name].append({"seconds": seconds, "mb_per_s": megabytes / seconds,
                                    "cpu_ms_per_instance": 1000 * (cpu_seconds(pid) - cpu) / count})
             shutil.rmtree(work / f"round-{round_}")
-        peaks = {name: peak_rss_mb(pid) for name, pid in pids.items()}
+        peaks = {name: memory_mb(pid, "VmHWM") for name, pid in pids.items()}
     finally:
         for server in storescps.values():
             server.stop()

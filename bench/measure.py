@@ -1,4 +1,4 @@
-"""Small measuring tools: percentiles, and the CPU time and peak memory of another process."""
+"""Small measuring tools: percentiles, and the CPU time of another process (its memory: tests.helpers)."""
 
 from __future__ import annotations
 
@@ -19,10 +19,3 @@ def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / TICKS  # utime, stime (fields 14 and 15 of proc(5))
 
-
-def peak_rss_mb(pid: int) -> float:
-    """The process's peak resident set size (VmHWM)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")

@@ -24,7 +24,7 @@ import torch
 from pynetdicom import evt
 
 from bench.inputs import fresh_copies
-from bench.measure import cpu_seconds, peak_rss_mb, percentile
+from bench.measure import cpu_seconds, percentile
 from node.analyze import Analyzer
 from node.audit import AuditLog
 from node.config import Config, Destination, WorkerConfig
@@ -40,7 +40,7 @@ from node.report.uids import derived_uid
 from node.scu import send
 from node.storage import write_durably
 from node.worker import encode
-from tests.helpers import NodeProcess, StoreScp
+from tests.helpers import NodeProcess, StoreScp, memory_mb
 
 STAGES = ("decode", "localize", "model + Grad-CAM", "SC build", "SR build", "write", "send")
 RESULT_TIMEOUT = 120.0  # seconds for one SR to arrive before the run counts as failed
@@ -206,7 +206,7 @@ def end_to_end(model_dir: Path, device: str, sources: dict[str, list[Path]], cou
                 "latencies_s": latencies,
                 "throughput_radiographs": count, "per_minute": 60 * count / (last - started),
                 "node_cpu_s_per_radiograph": (cpu_seconds(pid) - cpu) / count}
-        outcome["peak_rss_mb"] = peak_rss_mb(pid)
+        outcome["peak_rss_mb"] = memory_mb(pid, "VmHWM")
     finally:
         node.stop()
     return outcome

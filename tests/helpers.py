@@ -38,6 +38,14 @@ def random_model(folder: Path, input_size: int = 224, seed: int = 0) -> Path:
     return folder
 
 
+def memory_mb(pid: int, field: str) -> float:
+    """A memory figure of the live process `pid` from /proc, in MB: VmRSS (resident now) or VmHWM (its peak)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1]) / 1024
+    raise ValueError(f"/proc/{pid}/status has no {field} (the process has exited)")
+
+
 def require_tool(name: str) -> str:
     path = shutil.which(name)
     if path is None:

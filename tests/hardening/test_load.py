@@ -23,17 +23,10 @@ import pytest
 from node.scu import send
 from node.synthetic import compose
 from node.training.data import CropSet
-from tests.helpers import NodeProcess
+from tests.helpers import NodeProcess, memory_mb
 
 SENDERS, PER_SENDER, QUEUE_BOUND = 8, 50, 16
 SUCCESS, OUT_OF_RESOURCES = 0x0000, 0xA700
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +80,7 @@ def test_concurrent_senders_meet_backpressure_and_everything_accepted_is_process
         thread.start()
     try:
         while any(t.is_alive() for t in threads) or node.metric("knee_node_processed_total") < SENDERS * PER_SENDER:
-            memory.append(rss_mb(node.process.pid))
+            memory.append(memory_mb(node.process.pid, "VmRSS"))
             depths.append(node.metric('knee_node_queue_depth{queue="analyze"}'))
             assert time.monotonic() - started < 600, "load did not drain"
             time.sleep(0.5)
