@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 
 from node.decode import decode
-from node.localize import TEMPLATE, Localizer, match
+from node.localize import TEMPLATE, Localizer, match, vertical_edges
 from node.synthetic import compose
 from node.training.data import KNEE_KL_FIELD_MM, CropSet, crop_laterality, load_crops
 from node.types import Laterality
@@ -51,7 +51,8 @@ def framing_offsets_mm(crops: CropSet) -> np.ndarray:
         small = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA).astype(np.float32) / 255
         if crop_laterality(name) is Laterality.LEFT:
             small = np.ascontiguousarray(small[:, ::-1])
-        scores = match(small, band, KNEE_KL_FIELD_MM / size)
+        unit_mm = KNEE_KL_FIELD_MM / size
+        scores = match(small, vertical_edges(small, unit_mm), band, unit_mm)
         row = np.unravel_index(np.argmax(scores), scores.shape)[0]
         offsets.append((row - BAND_ROWS.start) * KNEE_KL_FIELD_MM / size)
     return np.array(offsets)

@@ -110,14 +110,14 @@ class Localizer:
         return ASSUMED_SPACING_MM / scale, ASSUMED_SPACING_MM / scale
 
     def candidates(self, work: np.ndarray, scales: tuple[float, ...], unit_mm: float = WORK_MM) -> list[Candidate]:
-        found = []
+        found, edges = [], vertical_edges(work, unit_mm)
         for scale in scales:
             size = round(self.field_mm * scale / unit_mm)
             if size >= min(work.shape):
                 continue
             right = cv2.resize(self.template, (size, size), interpolation=cv2.INTER_AREA)
             for side, template in ((Laterality.RIGHT, right), (Laterality.LEFT, np.ascontiguousarray(right[:, ::-1]))):
-                correlation = match(work, template, unit_mm)
+                correlation = match(work, edges, template, unit_mm)
                 for _ in range(CANDIDATES_PER_MAP):
                     _, peak, _, (x, y) = cv2.minMaxLoc(correlation)
                     if peak <= 0:
@@ -155,7 +155,7 @@ class Localizer:
         if top < 0 or left < 0 or top + size + 2 * reach > image.shape[0] or left + size + 2 * reach > image.shape[1]:
             return knee.row * factor, knee.col * factor  # at the border: keep the coarse centre
         window = image[top:top + size + 2 * reach, left:left + size + 2 * reach]
-        _, _, _, (x, y) = cv2.minMaxLoc(match(window, template, REFINE_MM))
+        _, _, _, (x, y) = cv2.minMaxLoc(match(window, vertical_edges(window, REFINE_MM), template, REFINE_MM))
         return top + y + size / 2, left + x + size / 2
 
     def laterality(self, radiograph: Radiograph, knee: Candidate, count: int, width: int) -> Laterality:
@@ -176,11 +176,13 @@ def resample(image: np.ndarray, spacing: tuple[float, float], target_mm: float) 
     return cv2.resize(image, None, fx=spacing[1] / target_mm, fy=spacing[0] / target_mm, interpolation=cv2.INTER_AREA)
 
 
-def match(image: np.ndarray, template: np.ndarray, unit_mm: float) -> np.ndarray:
-    """Mean normalised cross-correlation of intensities and of vertical edges, at each template position."""
-    edges = [vertical_edges(picture, unit_mm) for picture in (image, template)]
+def match(image: np.ndarray, edges: np.ndarray, template: np.ndarray, unit_mm: float) -> np.ndarray:
+    """Mean normalised cross-correlation of intensities and of vertical edges, at each template position.
+
+    `edges` is vertical_edges(image, unit_mm): the caller computes it once for all the templates it tries.
+    """
     return (cv2.matchTemplate(image, template, cv2.TM_CCOEFF_NORMED)
-            + cv2.matchTemplate(*edges, cv2.TM_CCOEFF_NORMED)) / 2
+            + cv2.matchTemplate(edges, vertical_edges(template, unit_mm), cv2.TM_CCOEFF_NORMED)) / 2
 
 
 def vertical_edges(image: np.ndarray, unit_mm: float) -> np.ndarray:
