@@ -15,14 +15,13 @@ import json
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from node.decode import decode
-from node.localize import TEMPLATE, Localizer, match, vertical_edges
+from node.localize import Localizer, match, vertical_edges
 from node.synthetic import compose
-from node.training.data import KNEE_KL_FIELD_MM, CropSet, crop_laterality, load_crops
-from node.types import Laterality
+from node.training.data import KNEE_KL_FIELD_MM, CropSet, load_crops
+from node.training.template import TEMPLATE_SIZE, right_knees
 from tests.helpers import KNEE_KL
 
 BAND_ROWS, BAND_COLUMNS = slice(12, 52), slice(8, 56)  # of the 64-pixel template
@@ -44,17 +43,12 @@ def roi_error_mm(index: int) -> tuple[float, float]:
 
 def framing_offsets_mm(crops: CropSet) -> np.ndarray:
     """Row offset of each crop's joint from where the mean crop has it, mm (positive: lower)."""
-    template = cv2.imread(str(TEMPLATE), cv2.IMREAD_GRAYSCALE).astype(np.float32) / 255
-    band, size = template[BAND_ROWS, BAND_COLUMNS], template.shape[0]
+    band, unit_mm = LOCALIZER.template[BAND_ROWS, BAND_COLUMNS], KNEE_KL_FIELD_MM / TEMPLATE_SIZE
     offsets = []
-    for image, name in zip(crops.images, crops.files, strict=True):
-        small = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA).astype(np.float32) / 255
-        if crop_laterality(name) is Laterality.LEFT:
-            small = np.ascontiguousarray(small[:, ::-1])
-        unit_mm = KNEE_KL_FIELD_MM / size
-        scores = match(small, vertical_edges(small, unit_mm), band, unit_mm)
+    for knee in right_knees(crops).astype(np.float32) / 255:
+        scores = match(knee, vertical_edges(knee, unit_mm), band, unit_mm)
         row = np.unravel_index(np.argmax(scores), scores.shape)[0]
-        offsets.append((row - BAND_ROWS.start) * KNEE_KL_FIELD_MM / size)
+        offsets.append((row - BAND_ROWS.start) * unit_mm)
     return np.array(offsets)
 
 
