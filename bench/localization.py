@@ -4,8 +4,8 @@ The composite's truth is its crop's centre.  knee-kl crops are framed by a detec
 sits varies from crop to crop, so a large error is either the localizer missing the joint or a crop framed away
 from the average.  Only the eye tells which reliably (matching the crop on its own with the localizer's template
 repeats the localizer's own mistakes), so the bench draws the worst knees: each crop with a red line where the ROI
-centre fell.  A well-placed ROI has the joint line about 4 % of the field below its centre, as the average crop
-does.  Prints a summary and the worst knees; writes JSON and the sheet.  About 3 minutes on 2 cores.
+centre fell.  A well-placed ROI has the joint line a few pixels below its centre, as the typical crop does.
+Prints a summary and the worst knees; writes JSON and the sheet.  About 3 minutes on 2 cores.
 """
 
 from __future__ import annotations
