@@ -192,7 +192,7 @@ def vertical_edges(image: np.ndarray, unit_mm: float) -> np.ndarray:
 def joint_space(work: np.ndarray, row: float, col: float, size: float) -> float:
     """0..1: how clearly a dark band crosses the middle 60 % of the window near its joint line.
 
-    knee-kl crops put the joint line 4 % of the field below the centre; the band is looked for within 8 % of that,
+    The mean knee has its joint line 4 % of the field below its centre; the band is looked for within 8 % of that,
     and its depth is the drop from the brighter bone on either side.
     """
     half = int(0.3 * size)
