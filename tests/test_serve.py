@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pydicom
@@ -18,7 +17,7 @@ from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, JPEGLSLossless
 from pynetdicom import AE
 
 from node.synthetic import write_composites
-from tests.helpers import KNEE_KL, NodeProcess, StoreScp, dciodvfy_errors, require_tool
+from tests.helpers import KNEE_KL, NodeProcess, StoreScp, dciodvfy_errors, require_tool, wait_until
 
 SC, SR = "1.2.840.10008.5.1.4.1.1.7", "1.2.840.10008.5.1.4.1.1.88.33"
 CR, DX = "1.2.840.10008.5.1.4.1.1.1", "1.2.840.10008.5.1.4.1.1.1.1"
@@ -74,9 +73,8 @@ def test_twenty_radiographs_from_three_senders_give_twenty_sc_and_twenty_sr(
         assert pynetdicom_send(knees[RLELossless], node.scp_port) == [0] * 5
         assert destination.wait_for(40, timeout=240), f"got {len(destination.received)} of 40"
         assert node.metric("knee_node_received_total") == 20
-        deadline = time.monotonic() + 10  # the node counts a delivery once the destination's answer is in
-        while node.metric("knee_node_sent_total") < 40 and time.monotonic() < deadline:
-            time.sleep(0.1)
+        # The node counts a delivery once the destination's answer is in.
+        wait_until(lambda: node.metric("knee_node_sent_total") >= 40, timeout=10)
         assert node.metric("knee_node_sent_total") == 40
     finally:
         assert node.stop() == 0

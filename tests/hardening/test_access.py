@@ -21,7 +21,7 @@ from pynetdicom.sop_class import CTImageStorage, Verification  # type: ignore[at
 from node.scu import echo, send
 from node.synthetic import compose
 from node.training.data import CropSet
-from tests.helpers import NodeProcess, StoreScp, require_tool
+from tests.helpers import NodeProcess, StoreScp, require_tool, wait_until
 
 CT = Path(get_testdata_file("CT_small.dcm", download=False))
 MAX_PDU = 16384
@@ -89,6 +89,8 @@ def test_tls_scp_lets_in_only_callers_with_a_trusted_certificate_and_results_go_
         (sent,) = send([radiograph], node.peer(), "TEST_SCU", tls=client(pki, "client"))
         assert sent.status == 0x0000
         assert destination.wait_for(2, timeout=120)  # SC + SR, over TLS with the node's certificate
+        # The node counts a delivery once the destination's answer is in, a moment after the destination has it.
+        wait_until(lambda: node.metric("knee_node_sent_total") >= 2, timeout=10)
         assert node.metric("knee_node_sent_total") == 2
     finally:
         node.stop()

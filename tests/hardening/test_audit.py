@@ -17,7 +17,7 @@ from node.logs import PSEUDONYM_KEY_FILE, pseudonym
 from node.scu import send
 from node.synthetic import compose
 from node.training.data import CropSet
-from tests.helpers import NodeProcess, StoreScp
+from tests.helpers import NodeProcess, StoreScp, wait_until
 
 NAME, PATIENT_ID, BIRTH_DATE = "Quistorpf^Xaveria^Ottilie", "PHI8675309", "19370415"
 # What would betray the patient in any spelling: name parts, the ID, the birth date with or without separators.
@@ -47,9 +47,7 @@ def test_no_patient_data_in_logs_metrics_or_audit_and_the_audit_trail_is_complet
     try:
         assert [result.status for result in send(radiographs, node.peer(), "TEST_SCU")] == [0x0000] * 3
         assert destination.wait_for(4, timeout=120)
-        deadline = time.monotonic() + 30
-        while node.metric("knee_node_sent_total") < 4 and time.monotonic() < deadline:
-            time.sleep(0.2)
+        wait_until(lambda: node.metric("knee_node_sent_total") >= 4, timeout=30)
         with urllib.request.urlopen(f"http://127.0.0.1:{node.metrics_port}/metrics", timeout=5) as reply:
             metrics = reply.read().decode()
     finally:

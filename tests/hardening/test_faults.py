@@ -12,7 +12,7 @@ import contextlib
 import json
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +23,7 @@ from pynetdicom import evt
 from node.scu import Sent, send
 from node.synthetic import compose
 from node.training.data import CropSet
-from tests.helpers import NodeProcess, StoreScp
+from tests.helpers import NodeProcess, StoreScp, wait_until
 
 SC = "1.2.840.10008.5.1.4.1.1.7"
 COUNT = 6
@@ -58,13 +58,6 @@ class CountingScp(StoreScp):
     def on_store(self, event: evt.Event) -> int:
         self.attempts += 1
         return super().on_store(event)
-
-
-def wait_until(condition: Callable[[], object], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.1)
 
 
 def send_all(paths: list[Path], node: NodeProcess, pause: float = 0.5, timeout: float = 120) -> list[Sent]:
