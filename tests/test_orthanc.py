@@ -19,7 +19,7 @@ import pytest
 from node.cli import main
 from node.demo import LocalOrthanc, free_port, sr_grades
 from node.synthetic import write_composites
-from tests.helpers import KNEE_KL, REPO, NodeProcess, require_tool
+from tests.helpers import KNEE_KL, REPO, NodeProcess, require_tool, wait_until
 
 ARTIFACTS = REPO / "test-artifacts"
 LOG = logging.getLogger(__name__)
@@ -54,6 +54,10 @@ def wait_for_results(orthanc: LocalOrthanc, studies: list[str], timeout: float) 
                 found[study] = results
         time.sleep(0.5)
     return found
+
+
+def job_states(orthanc: LocalOrthanc) -> list[str]:
+    return [orthanc.get(f"/jobs/{job}")["State"] for job in orthanc.get("/jobs")]
 
 
 def upload(orthanc: LocalOrthanc, path: Path) -> str:
@@ -144,18 +148,16 @@ def test_results_arrive_although_orthanc_restarts_while_the_node_works(
     assert node.process is not None
     try:
         studies = [upload(orthanc, path) for path in radiographs[:2]]
-        while node.metric("knee_node_received_total") < 2:
-            time.sleep(0.05)
+        # Both routing jobs done, so no association to the node is open when it freezes: Orthanc's jobs engine would
+        # wait one out (DicomScuTimeout, 30 s) before it stops.
+        wait_until(lambda: job_states(orthanc) == ["Success"] * 2, timeout=60)
         node.process.send_signal(signal.SIGSTOP)  # held in its analysis while Orthanc goes down
         try:
             assert not node.events("sent")
             orthanc.stop()
         finally:
             node.process.send_signal(signal.SIGCONT)
-        deadline = time.monotonic() + 120
-        while not node.events("send_failed"):
-            assert time.monotonic() < deadline, "the node never tried to deliver"
-            time.sleep(0.2)
+        wait_until(lambda: node.events("send_failed"), timeout=120)  # the node tried to deliver to the stopped Orthanc
         orthanc.start()
         assert len(wait_for_results(orthanc, studies, timeout=180)) == 2
     finally:
@@ -169,10 +171,7 @@ def test_a_failed_route_is_retried_once_the_node_is_back(radiographs: list[Path]
     orthanc.start()
     try:
         first = upload(orthanc, radiographs[0])  # the node is down: Orthanc's send fails
-        deadline = time.monotonic() + 30
-        while not any(orthanc.get(f"/jobs/{j}")["State"] == "Failure" for j in orthanc.get("/jobs")):
-            assert time.monotonic() < deadline
-            time.sleep(0.2)
+        wait_until(lambda: "Failure" in job_states(orthanc), timeout=30)
         node.start()
         time.sleep(6)  # past the first backoff (5 s)
         second = upload(orthanc, radiographs[1])  # any Orthanc event lets the routing script retry what is due
