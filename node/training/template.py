@@ -11,16 +11,11 @@ from node.types import Laterality
 TEMPLATE_SIZE = 64  # pixels across the crop's field; matching runs at about 1 mm per pixel anyway
 
 
-def right_knees(crops: CropSet) -> np.ndarray:
-    """The crops at TEMPLATE_SIZE, left knees mirrored so all are right knees as displayed; uint8 (N, size, size)."""
+def knee_template(crops: CropSet) -> np.ndarray:
+    """Mean of the crops at TEMPLATE_SIZE, left knees mirrored so all are right knees as displayed; uint8."""
     small = np.stack([cv2.resize(crop, (TEMPLATE_SIZE, TEMPLATE_SIZE), interpolation=cv2.INTER_AREA)
-                      for crop in crops.images])
+                      for crop in crops.images]).astype(np.float64)
     left = np.array([crop_laterality(name) is Laterality.LEFT for name in crops.files])
     small[left] = small[left, :, ::-1]
-    return small
-
-
-def knee_template(crops: CropSet) -> np.ndarray:
-    """Mean of the right_knees, stretched to 0-255; uint8."""
-    mean = right_knees(crops).astype(np.float64).mean(0)
+    mean = small.mean(0)
     return np.round(255 * (mean - mean.min()) / (mean.max() - mean.min())).astype(np.uint8)
