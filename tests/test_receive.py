@@ -12,7 +12,7 @@ import numpy as np
 from node.scu import echo, send
 from node.synthetic import compose
 from node.training.data import CropSet
-from tests.helpers import NodeProcess
+from tests.helpers import NodeProcess, wait_until
 
 
 def age(path: Path) -> None:
@@ -39,9 +39,7 @@ def test_a_received_instance_moves_to_the_spool_and_stale_leftovers_are_swept(
         assert (spool / f"{dataset.SOPInstanceUID}.dcm").read_bytes().endswith(dataset.PixelData)
         age(recent)
         assert echo(node.peer(), "ECHOSCU") == 0x0000  # any association that closes sweeps
-        deadline = time.monotonic() + 10
-        while recent.exists() and time.monotonic() < deadline:
-            time.sleep(0.1)
+        wait_until(lambda: not recent.exists(), timeout=10)
         assert list(incoming.iterdir()) == []
     finally:
         node.stop()
