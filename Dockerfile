@@ -3,15 +3,14 @@
 FROM python:3.11-slim
 
 RUN apt-get update \
-    && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends dcmtk libgl1 libglib2.0-0 \
+    && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends libgl1 libglib2.0-0 \
     && rm -rf /var/lib/apt/lists/*
 RUN useradd --create-home --uid 1000 node
 WORKDIR /opt/knee-node
 COPY pyproject.toml README.md ./
 COPY node ./node
 COPY models ./models
-COPY config ./config
-# Editable: the bundled model and config are found beside the package, as in a checkout.
+# Editable: the bundled model is found beside the package (models/), as in a checkout.
 RUN pip install --no-cache-dir torch==2.14.1 torchvision==0.29.1 && pip install --no-cache-dir -e .
 
 USER node
@@ -21,4 +20,4 @@ VOLUME ["/data"]
 EXPOSE 11112 9464
 HEALTHCHECK --interval=30s --timeout=5s CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:9464/healthz')"
 ENTRYPOINT ["knee-node"]
-CMD ["serve", "--config", "/opt/knee-node/config/node.yaml"]
+CMD ["serve"]

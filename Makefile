@@ -1,7 +1,7 @@
 # Two entry points for a fresh machine (Debian, Python 3.11, root): `make run` and `make test`.
 # Both create .venv/ and install what is missing: Python packages, and from Debian's packages DCMTK and
 # dicom3tools (peers and validators in the tests), Orthanc with its DICOMweb, Web Viewer and GDCM plugins
-# (integration tests, `knee-node demo`), Chromium (the browser check of the Web Viewer), redis-server (the
+# (integration tests, `python -m tools.demo`), Chromium (the browser check of the Web Viewer), redis-server (the
 # scale-out queue's tests), openssl (test certificates for DICOM TLS) and docker-compose (to validate
 # docker-compose.yml).
 
@@ -14,10 +14,10 @@ STAMP := $(VENV)/.installed
 .PHONY: run test setup
 
 run: setup
-	$(BIN)/knee-node serve --config config/node.yaml
+	$(BIN)/knee-node serve
 
 test: setup
-	$(BIN)/ruff check node tests bench
+	$(BIN)/ruff check node tests bench tools
 	$(BIN)/pytest
 
 setup: $(STAMP)

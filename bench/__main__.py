@@ -26,10 +26,11 @@ from bench.gpu import model_on_gpu
 from bench.ingest import measure_ingest
 from bench.inputs import fresh_copies, make_sources
 from bench.pipeline import STAGES, ResultsScp, end_to_end, model_reference, stage_split
-from node.analyze import Analyzer
+from node.analysis.grading import Analyzer
+from node.analysis.model import SPEC_FILE, Grader, ModelSpec
 from node.config import DEFAULT_MODEL_DIR
-from node.model import SPEC_FILE, Grader, ModelSpec
-from tests.helpers import KNEE_KL, REPO, random_model
+from tests.helpers import random_model
+from tools import KNEE_KL, REPO
 
 TARGETS = {"ingest_ratio": 1.0, "cpu_p50_uncompressed_s": 0.5, "cpu_p50_jpeg2000_s": 1.0, "e2e_over_forward": 2.0,
            "gpu_cam_crops_per_s": 3000.0}

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from node.model import Grader, standardize
+from node.analysis.model import Grader, standardize
 
 BATCH, WARMUP, REPEATS = 64, 5, 30
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}

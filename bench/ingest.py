@@ -18,8 +18,8 @@ from typing import Any
 
 from bench.inputs import fresh_copies
 from bench.measure import cpu_seconds, percentile
-from node.demo import free_port
 from tests.helpers import NodeProcess, memory_mb
+from tools.orthanc import free_port
 
 ROUNDS = 3
 

@@ -1,4 +1,4 @@
-"""The bench's radiographs: composites from node.synthetic, copied under fresh UIDs for every run."""
+"""The bench's radiographs: composites from tools.synthetic, copied under fresh UIDs for every run."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pydicom
 from pydicom import Dataset
 from pydicom.uid import JPEG2000Lossless, generate_uid
 
-from node.synthetic import compose, encode
 from node.training.data import load_crops
+from tools.synthetic import compose, encode
 
 INGEST_SPACING_MM, INGEST_BITS = 0.12, 16  # 2500 x 2000 pixels, 16 bits: a 10 MB DX
 PIPELINE_SPACING_MM, PIPELINE_BITS = 0.15, 12  # 2000 x 1600 pixels, 12 bits: a single-knee DX, 6.4 MB

@@ -18,11 +18,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from node.decode import decode
-from node.localize import Localizer
-from node.synthetic import compose
+from node.analysis.decode import decode
+from node.analysis.localize import Localizer
 from node.training.data import KNEE_KL_FIELD_MM, CropSet, load_crops
-from tests.helpers import KNEE_KL
+from tools import KNEE_KL
+from tools.synthetic import compose
 
 CROPS: CropSet = load_crops(KNEE_KL / "val")  # at import, so the worker processes share it
 LOCALIZER = Localizer(KNEE_KL_FIELD_MM)

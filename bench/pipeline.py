@@ -25,21 +25,20 @@ from pynetdicom import evt
 
 from bench.inputs import fresh_copies
 from bench.measure import cpu_seconds, percentile
-from node.analyze import Analyzer
-from node.audit import AuditLog
+from node.analysis.decode import read_radiograph
+from node.analysis.grading import Analyzer
+from node.analysis.model import Grader, model_inputs
 from node.config import Config, Destination, WorkerConfig
-from node.decode import read_radiograph
 from node.dispatch import BATCH, Dispatcher
-from node.metrics import Metrics
-from node.model import Grader, model_inputs
-from node.queue import ANALYZE, DELIVER, open_queue
-from node.report import Device, file_name
+from node.infra.audit import AuditLog
+from node.infra.metrics import Metrics
+from node.queue import DELIVER, DeliverJob, open_queue
+from node.report import Equipment
+from node.report.outbox import Outbox
 from node.report.sc import build_sc
 from node.report.sr import build_sr
 from node.report.uids import derived_uid
 from node.scu import send
-from node.storage import write_durably
-from node.worker import encode
 from tests.helpers import NodeProcess, StoreScp, memory_mb
 
 STAGES = ("decode", "localize", "model + Grad-CAM", "SC build", "SR build", "write", "send")
@@ -111,10 +110,11 @@ def stage_split(analyzer: Analyzer, copies: list[tuple[Path, str]], results: Res
                 work: Path) -> tuple[dict[str, Any], list[np.ndarray]]:
     """Median wall and CPU ms per stage over `copies` (the first is a warm-up and not counted), and the batch of
     crops each radiograph gave the model."""
-    grader, spec, node_device = analyzer.grader, analyzer.spec, Device(name="KNEE_NODE")
+    grader, spec, equipment = analyzer.grader, analyzer.spec, Equipment(name="KNEE_NODE")
     config = Config(data_dir=work, destinations=(results.destination(),))
-    queue = open_queue(config.queue, work, {ANALYZE: 3, DELIVER: 10})
+    queue = open_queue(config)
     dispatcher = Dispatcher(config, queue, Metrics(), AuditLog(work))
+    outbox = Outbox([work])
     samples: dict[str, list[tuple[float, float]]] = {}
     batches, knees = [], []
     try:
@@ -127,16 +127,15 @@ def stage_split(analyzer: Analyzer, copies: list[tuple[Path, str]], results: Res
                   spy(grader, "predict", times, "model + Grad-CAM", grader.device, crops)):
                 analysis = analyzer.analyze([radiograph])[0]
             with timed(times, "SC build", grader.device):
-                sc = build_sc(analysis, spec, node_device)
+                sc = build_sc(analysis, spec, equipment)
             with timed(times, "SR build", grader.device):
-                sr = build_sr(analysis, spec, node_device)
+                sr = build_sr(analysis, spec, equipment)
             with timed(times, "write", grader.device):
-                for output in (sc, sr):
-                    write_durably(work / file_name(output), encode(output))
-            for output in (sr, sc):  # the worker's order
-                queue.put(DELIVER, f"{output.SOPInstanceUID}@DEST", {
-                    "path": str(work / file_name(output)), "destination": "DEST", "source": path.name,
-                    "sop_instance_uid": output.SOPInstanceUID, "result_at": time.time()})
+                written = [(output, outbox.write(output)[0]) for output in (sr, sc)]  # the worker's order
+            for output, file in written:
+                queue.put(f"{output.SOPInstanceUID}@DEST", DeliverJob(
+                    path=str(file), destination="DEST", sop_instance_uid=output.SOPInstanceUID, source=path.name,
+                    result_at=time.time()))
             with timed(times, "send", grader.device):
                 dispatcher.deliver("DEST", queue.claim(DELIVER, BATCH))
             if index:  # the first radiograph warms caches and lazy imports up

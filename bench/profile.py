@@ -16,9 +16,9 @@ from pathlib import Path
 from bench.__main__ import choose_model
 from bench.inputs import SYNTAXES, fresh_copies, make_sources
 from bench.pipeline import ResultsScp, stage_split
-from node.analyze import Analyzer
-from node.model import Grader
-from tests.helpers import KNEE_KL
+from node.analysis.grading import Analyzer
+from node.analysis.model import Grader
+from tools import KNEE_KL
 
 
 def main() -> None:

@@ -21,8 +21,9 @@ from typing import Any
 from pydicom.uid import ExplicitVRLittleEndian
 
 from node.scu import send
-from node.synthetic import write_composites
-from tests.helpers import KNEE_KL, REPO, NodeProcess, RedisServer, StoreScp, random_model
+from tests.helpers import NodeProcess, RedisServer, StoreScp, random_model
+from tools import KNEE_KL, REPO
+from tools.synthetic import write_composites
 
 
 def run(workers: int, radiographs: list[Path], model: Path, redis: RedisServer, work: Path,

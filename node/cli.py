@@ -12,11 +12,9 @@ from dataclasses import asdict
 from pathlib import Path
 
 from node.config import DEFAULT_MODEL_DIR, Config, ConfigError, Destination, TlsConfig, load_config
-from node.logs import quiet_libraries
-from node.queue import Queue, QueueUnavailable
+from node.infra.logs import quiet_libraries
+from node.queue import QueueUnavailable, open_queue
 from node.scu import parse_peer
-
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "node.yaml"
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -35,10 +33,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
-    from node.analyze import Analyzer
-    from node.model import Grader
+    from node.analysis.grading import Analyzer
+    from node.analysis.model import Grader
     from node.offline import analyze_files
-    from node.report import Device
+    from node.report import Equipment
     from node.selection import SelectionRules
 
     missing = [path for path in args.inputs if not path.exists()]
@@ -53,7 +51,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         return 2
     failed = False
     rules = None if args.force else SelectionRules()
-    for result in analyze_files(args.inputs, args.out, analyzer, Device(), rules, args.batch_size):
+    for result in analyze_files(args.inputs, args.out, analyzer, Equipment(), rules, args.batch_size):
         failed |= result.status == "error"
         if result.status == "error":
             print(f"{result.file}: {result.reason}", file=sys.stderr)
@@ -68,7 +66,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def load(path: Path) -> Config:
+def load(path: Path | None) -> Config:
     """The config, or exit 2 with the config error's one line."""
     try:
         return load_config(path)
@@ -111,14 +109,14 @@ def cmd_send(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from node.offline import expand
-    from node.scu import send
+    from node.scu import delivered, send
 
     files = list(expand(args.files))
     failed = 0
     with tqdm(total=len(files), unit="file", desc=f"C-STORE to {args.peer}", file=sys.stderr) as progress:
         for result in send(files, args.peer, args.calling_ae, tls=tls_context(args)):
             progress.update()
-            if result.status not in (0x0000, 0xB000, 0xB006, 0xB007):
+            if not delivered(result.status):
                 failed += 1
                 reason = result.reason or f"status 0x{result.status:04X}"
                 progress.write(f"{result.path}: {reason}", file=sys.stderr)
@@ -128,7 +126,7 @@ def cmd_send(args: argparse.Namespace) -> int:
 
 def tls_context(args: argparse.Namespace) -> ssl.SSLContext | None:
     """DICOM TLS for `echo` and `send` when --tls-ca is given."""
-    from node.tls import client_context
+    from node.infra.tls import client_context
 
     if args.tls_ca is None:
         return None
@@ -145,17 +143,10 @@ def add_tls_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tls-key", type=Path, metavar="PEM", help="its private key (unencrypted)")
 
 
-def open_node_queue(config: Config) -> Queue:
-    from node.queue import ANALYZE, DELIVER, open_queue
-
-    return open_queue(config.queue, config.data_dir, {ANALYZE: config.queue.max_attempts,
-                                                      DELIVER: config.dispatch.max_attempts})
-
-
 def cmd_status(args: argparse.Namespace) -> int:
     from node.queue import ANALYZE, DELIVER
 
-    queue = open_node_queue(load(args.config))
+    queue = open_queue(load(args.config))
     counts = queue.counts()
     report = {topic: {"queued": counts.get(topic, {}).get("queued", 0),
                       "leased": counts.get(topic, {}).get("leased", 0),
@@ -177,25 +168,10 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_requeue(args: argparse.Namespace) -> int:
-    queue = open_node_queue(load(args.config))
+    queue = open_queue(load(args.config))
     count = queue.requeue_dead(args.queue)
     queue.close()
     print(f"requeued {count} dead letter{'s' if count != 1 else ''}")
-    return 0
-
-
-def cmd_synth(args: argparse.Namespace) -> int:
-    from node.synthetic import SYNTAXES, write_composites
-
-    syntaxes = args.syntax or [str(s) for s in SYNTAXES]
-    try:
-        records = write_composites(args.data, args.out, args.count, bilateral_fraction=args.bilateral_fraction,
-                                   syntaxes=syntaxes, seed=args.seed, spacing_mm=args.spacing_mm)
-    except (OSError, ValueError) as error:
-        print(f"knee-node synth: {error}", file=sys.stderr)
-        return 1
-    knees = sum(len(record["knees"]) for record in records)
-    print(f"wrote {len(records)} radiographs ({knees} knees) and truth.json to {args.out}")
     return 0
 
 
@@ -203,38 +179,26 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from node.training.evaluate import evaluate
 
     try:
-        metrics = evaluate(args.model, args.data, args.plots, args.cam_sanity, args.device)
+        metrics = evaluate(args.model, args.data, args.plots, args.cam_sanity, args.device, args.gallery,
+                           args.compare_fp32)
     except (OSError, ValueError) as error:
         print(f"knee-node evaluate: {error}", file=sys.stderr)
         return 1
     print(f"{metrics['model']} on {args.data} ({metrics['n']} crops)")
-    for key in ("accuracy", "qwk", "mae", "macro_f1", "ece", "ece_uncalibrated", "joint_attention_median",
-                "attention_flagged", "low_confidence_flagged", "cam_randomization_rank_correlation"):
+    for key in ("accuracy", "qwk", "mae", "macro_f1", "ece", "ece_uncalibrated", "adaptive_ece", "brier",
+                "joint_attention_median", "attention_flagged", "low_confidence_flagged",
+                "cam_randomization_rank_correlation", "fp32_same_grade"):
         if key in metrics:
             print(f"  {key:36} {metrics[key]:.4f}")
     print(f"  {'recall per grade':36} {' '.join(f'{r:.3f}' for r in metrics['recall'])}")
     print("  confusion (rows true, columns predicted):")
     for row in metrics["confusion"]:
         print("    " + " ".join(f"{count:5d}" for count in row))
+    if "gallery" in metrics:
+        print(f"  gallery: {args.gallery / 'index.html'} ({metrics['gallery']['errors']} misgraded crops)")
     if args.json:
         print(json.dumps(metrics))
     return 0
-
-
-def cmd_demo(args: argparse.Namespace) -> int:
-    import signal
-    import threading
-
-    from node.demo import run_demo
-
-    stop = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())
-    try:
-        return run_demo(load(args.config), args.data, args.count, stop)
-    except (OSError, RuntimeError, ValueError) as error:
-        print(f"knee-node demo: {error}", file=sys.stderr)
-        return 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -252,23 +216,15 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.set_defaults(run=cmd_analyze)
 
     serve = commands.add_parser("serve", help="run the DICOM node (Storage SCP, worker, dispatcher)")
-    serve.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="node YAML (default: bundled)")
+    serve.add_argument("--config", type=Path, help="node YAML (default: the bundled node/node.yaml)")
     serve.add_argument("--role", choices=("all", "receiver", "worker", "dispatcher"), default="all",
                        help="which stages this process runs (all: the single-process node)")
     serve.set_defaults(run=cmd_serve)
 
-    demo = commands.add_parser("demo", help="Orthanc + the node on this machine, fed a few knee radiographs")
-    demo.add_argument("--data", type=Path, default=DEFAULT_CONFIG.parent.parent.parent / "shared" / "datasets" /
-                      "knee-kl" / "val", help="knee-kl split to make radiographs from")
-    demo.add_argument("-n", "--count", type=int, default=4, help="radiographs to upload")
-    demo.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="node YAML (ports and folders are "
-                      "replaced for the demo)")
-    demo.set_defaults(run=cmd_demo)
-
     for name, helptext in (("status", "queue counts by state, oldest job, dead letters"),
                            ("requeue", "put dead letters back into their queue")):
         command = commands.add_parser(name, help=helptext)
-        command.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="node YAML (default: bundled)")
+        command.add_argument("--config", type=Path, help="node YAML (default: the bundled node/node.yaml)")
         if name == "status":
             command.add_argument("--json", action="store_true", help="one JSON object on stdout")
             command.set_defaults(run=cmd_status)
@@ -289,16 +245,6 @@ def build_parser() -> argparse.ArgumentParser:
     add_tls_arguments(send)
     send.set_defaults(run=cmd_send)
 
-    synth = commands.add_parser("synth", help="make knee radiographs (DICOM) from knee-kl crops, with truth.json")
-    synth.add_argument("--data", type=Path, required=True, help="a knee-kl split folder, e.g. .../knee-kl/val")
-    synth.add_argument("--out", type=Path, required=True, help="folder for NNNN.dcm and truth.json")
-    synth.add_argument("-n", "--count", type=int, default=20)
-    synth.add_argument("--bilateral-fraction", type=float, default=0.5)
-    synth.add_argument("--syntax", action="append", metavar="UID", help="transfer syntax (repeatable; default: all)")
-    synth.add_argument("--spacing-mm", type=float, default=0.15, help="pixel spacing of the radiographs")
-    synth.add_argument("--seed", type=int, default=0)
-    synth.set_defaults(run=cmd_synth)
-
     evaluate = commands.add_parser("evaluate", help="grading metrics, calibration and Grad-CAM sanity on crops")
     evaluate.add_argument("--data", type=Path, required=True, help="folder with labels.csv (file,kl_grade) and images")
     evaluate.add_argument("--model", type=Path, default=DEFAULT_MODEL_DIR, help="model folder (default: bundled)")
@@ -306,6 +252,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--plots", type=Path, help="write confusion.png and reliability.png here")
     evaluate.add_argument("--cam-sanity", action="store_true",
                           help="also run the model randomisation test on the Grad-CAMs")
+    evaluate.add_argument("--gallery", type=Path, metavar="DIR",
+                          help="write DIR/index.html: every misgraded crop beside its Grad-CAM, by confusion cell")
+    evaluate.add_argument("--compare-fp32", action="store_true",
+                          help="also grade at fp32 and report how often the grade is the same")
     evaluate.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     evaluate.set_defaults(run=cmd_evaluate)
 

@@ -13,6 +13,7 @@ import re
 import types
 import typing
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass, replace
+from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
@@ -21,7 +22,9 @@ import yaml
 from node.selection import SelectionRules
 
 ENV_PREFIX = "KNEE_NODE_"
-DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "models" / "kl-densenet121"  # the bundled model
+DEFAULT_CONFIG = resources.files("node").joinpath("node.yaml")  # every field with its default, documented
+# The bundled model ships beside the package (models/, as in a checkout and the container image).
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "models" / "kl-densenet121"
 AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # 16 printable characters, no backslash
 
 
@@ -187,16 +190,15 @@ class Config:
 
 
 def load_config(path: Path | None, environ: typing.Mapping[str, str] = os.environ) -> Config:
-    """Read `path` (None: defaults only), apply KNEE_NODE_* overrides, validate; relative paths are taken from
-    the config file's folder."""
-    raw: dict[str, Any] = {}
-    if path is not None:
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except (OSError, yaml.YAMLError) as error:
-            raise ConfigError(f"config: {path}: {error}".replace("\n", " ")) from None
-        if not isinstance(raw, dict):
-            raise ConfigError(f"config: {path}: expected a mapping at the top level")
+    """Read `path` (None: the bundled node/node.yaml), apply KNEE_NODE_* overrides, validate; relative paths are
+    taken from the config file's folder (the working directory for the bundled one)."""
+    source = path or DEFAULT_CONFIG
+    try:
+        raw = yaml.safe_load(source.read_text()) or {}
+    except (OSError, yaml.YAMLError) as error:
+        raise ConfigError(f"config: {source}: {error}".replace("\n", " ")) from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config: {source}: expected a mapping at the top level")
     for name, value in environ.items():
         if name.startswith(ENV_PREFIX):
             apply_override(raw, name, value)

@@ -17,20 +17,19 @@ from pathlib import Path
 
 from pydicom import dcmread
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import AE, _config
+from pynetdicom import _config
 from pynetdicom.association import Association
 from pynetdicom.sop_class import ComprehensiveSRStorage, SecondaryCaptureImageStorage  # type: ignore[attr-defined]
 
-from node.audit import AuditLog
 from node.config import Config, DispatchConfig
-from node.logs import log_event
-from node.metrics import Metrics
+from node.infra.audit import AuditLog
+from node.infra.logs import log_event
+from node.infra.metrics import Metrics
+from node.infra.tls import client_context
 from node.queue import DELIVER, Job, Queue, State
-from node.scu import send_c_store
-from node.tls import client_context
+from node.scu import client_ae, delivered, send_c_store
 
 BATCH = 32
-WARNING_STATUSES = {0x0001, 0xB000, 0xB006, 0xB007}
 
 
 def backoff(attempts: int, config: DispatchConfig) -> float:
@@ -39,19 +38,13 @@ def backoff(attempts: int, config: DispatchConfig) -> float:
     return ceiling / 2 + random.uniform(0, ceiling / 2)
 
 
-def delivered(status: int | None) -> bool:
-    return status is not None and (status == 0x0000 or status in WARNING_STATUSES)
-
-
 class Dispatcher:
     def __init__(self, config: Config, queue: Queue, metrics: Metrics, audit: AuditLog) -> None:
         self.config, self.queue, self.metrics, self.audit = config, queue, metrics, audit
         self.destinations = {d.ae_title: d for d in config.destinations}
         self.deadline = math.inf  # set when stopping: the end of the outbox flush
         self.tls = client_context(config.tls) if any(d.tls for d in config.destinations) else None
-        self.ae = AE(config.scp.ae_title)
-        timeout = config.dispatch.timeout_seconds
-        self.ae.acse_timeout = self.ae.dimse_timeout = self.ae.network_timeout = self.ae.connection_timeout = timeout
+        self.ae = client_ae(config.scp.ae_title, config.dispatch.timeout_seconds)
         for sop_class in (SecondaryCaptureImageStorage, ComprehensiveSRStorage):
             for syntax in (ExplicitVRLittleEndian, ImplicitVRLittleEndian):  # one each: a file streams only as is
                 self.ae.add_requested_context(sop_class, syntax)
@@ -72,8 +65,8 @@ class Dispatcher:
                         return
                     self.queue.wait(1.0)
                     continue
-                jobs.sort(key=lambda job: job.payload["destination"])
-                for ae_title, group in groupby(jobs, key=lambda job: job.payload["destination"]):
+                jobs.sort(key=lambda job: job.message.destination)
+                for ae_title, group in groupby(jobs, key=lambda job: job.message.destination):
                     self.deliver(ae_title, list(group))
             except Exception as error:  # the queue itself failing (disk full, broker gone): wait, try again
                 log_event("dispatcher_error", logging.ERROR, reason=repr(error), traceback=True)
@@ -110,7 +103,7 @@ class Dispatcher:
                 association.release()
 
     def send(self, association: Association, job: Job) -> None:
-        path = Path(job.payload["path"])
+        path = Path(job.message.path)
         if not path.is_file():
             self.queue.bury(job, f"result file {path} is missing")
             return
@@ -125,15 +118,15 @@ class Dispatcher:
         self.queue.complete(job)
         path.unlink(missing_ok=True)
         self.metrics.sent.inc()
-        self.metrics.result_to_delivered.observe(time.time() - job.payload["result_at"])
-        fields = {"sop_instance_uid": job.payload["sop_instance_uid"], "source": job.payload["source"],
-                  "destination": job.payload["destination"], "status": f"0x{status:04X}"}
+        self.metrics.result_to_delivered.observe(time.time() - job.message.result_at)
+        fields = {"sop_instance_uid": job.message.sop_instance_uid, "source": job.message.source,
+                  "destination": job.message.destination, "status": f"0x{status:04X}"}
         log_event("sent", **fields)
         self.audit.record("delivered", **fields)
 
     def fail(self, job: Job, reason: str) -> None:
         self.metrics.failed.labels("deliver").inc()
         state = self.queue.retry(job, reason, backoff(job.attempts, self.config.dispatch))
-        log_event("send_failed", logging.WARNING, sop_instance_uid=job.payload["sop_instance_uid"],
-                  destination=job.payload["destination"], attempt=job.attempts, reason=reason,
+        log_event("send_failed", logging.WARNING, sop_instance_uid=job.message.sop_instance_uid,
+                  destination=job.message.destination, attempt=job.attempts, reason=reason,
                   dead_letter=state is State.DEAD)

@@ -1,4 +1,4 @@
-"""The offline path: DICOM files in, SC + SR files out, through the same stages as the network node."""
+"""The offline path: DICOM files in, SC + SR files out, through the same pipeline as the network node."""
 
 from __future__ import annotations
 
@@ -8,13 +8,12 @@ from itertools import islice
 from pathlib import Path
 from typing import Any, Literal
 
-from pydicom import Dataset
-
-from node.analyze import Analyzer
-from node.decode import DecodeError, read_header, read_radiograph
-from node.report import Device, build_outputs, file_name
+from node.analysis.grading import Analyzer
+from node.instances import DecodeError, read_header
+from node.pipeline import Failed, run_batch
+from node.report import Equipment
+from node.report.outbox import Outbox
 from node.selection import SelectionRules
-from node.types import Analysis, KneeResult, Radiograph
 
 Status = Literal["ok", "skipped", "error"]
 
@@ -26,24 +25,6 @@ class FileResult:
     reason: str = ""
     knees: list[dict[str, Any]] = field(default_factory=list)
     outputs: list[str] = field(default_factory=list)
-
-
-def knee_summary(knee: KneeResult) -> dict[str, Any]:
-    return {
-        "laterality": knee.roi.laterality.value,
-        "grade": knee.grade,
-        "confidence": round(knee.confidence, 4),
-        "probabilities": [round(p, 4) for p in knee.probabilities],
-        "attention": round(knee.attention, 4),
-        "reliability": knee.reliability.value,
-        "roi": [round(float(v), 1) for v in (*knee.roi.center, *knee.roi.half_size)],
-    }
-
-
-def write_dataset(dataset: Dataset, folder: Path) -> Path:
-    path = folder / file_name(dataset)
-    dataset.save_as(path, enforce_file_format=True)
-    return path
 
 
 def has_dicom_preamble(path: Path) -> bool:
@@ -62,34 +43,32 @@ def expand(inputs: Iterable[Path]) -> Iterator[Path]:
             yield path
 
 
-def analyze_files(inputs: Iterable[Path], out_dir: Path, analyzer: Analyzer, device: Device,
+def analyze_files(inputs: Iterable[Path], out_dir: Path, analyzer: Analyzer, equipment: Equipment,
                   rules: SelectionRules | None, batch_size: int = 8) -> Iterator[FileResult]:
     """One FileResult per input file, in input order; `rules=None` grades whatever decodes (--force)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+    outbox = Outbox([out_dir])
     files = expand(inputs)
     while batch := list(islice(files, batch_size)):
-        pending: list[tuple[Path, Radiograph]] = []
         results: dict[Path, FileResult] = {}
+        selected = []
         for path in batch:
             try:
                 if rules is not None and (reason := rules.reason_to_skip(read_header(path))):
                     results[path] = FileResult(str(path), "skipped", reason)
-                    continue
-                pending.append((path, read_radiograph(path)))
+                else:
+                    selected.append(path)
             except DecodeError as error:
                 results[path] = FileResult(str(path), "error", str(error))
-        analyses = analyzer.analyze([radiograph for _, radiograph in pending])
-        for (path, _), analysis in zip(pending, analyses, strict=True):
+        for path, outcome in zip(selected, run_batch(selected, analyzer, equipment), strict=True):
+            if isinstance(outcome, Failed):
+                results[path] = FileResult(str(path), "error", outcome.reason)
+                continue
+            analysis = outcome.analysis
             try:
-                results[path] = report(path, analysis, out_dir, analyzer, device)
-            except Exception as error:  # a header highdicom refuses must cost one file, not the run
-                results[path] = FileResult(str(path), "error", " ".join(f"cannot build results: {error}".split()))
+                outputs = [str(outbox.write(dataset)[0]) for dataset in (outcome.sc, outcome.sr)]
+            except OSError as error:
+                results[path] = FileResult(str(path), "error", f"cannot write results: {error}")
+                continue
+            results[path] = FileResult(str(path), "ok" if analysis.knees else "skipped", analysis.reason,
+                                       [knee.summary() for knee in analysis.knees], outputs)
         yield from (results[path] for path in batch)
-
-
-def report(path: Path, analysis: Analysis, out_dir: Path, analyzer: Analyzer, device: Device) -> FileResult:
-    outputs = [str(write_dataset(output, out_dir)) for output in build_outputs(analysis, analyzer.spec, device)]
-    knees = [knee_summary(knee) for knee in analysis.knees]
-    if analysis.knees:
-        return FileResult(str(path), "ok", "", knees, outputs)
-    return FileResult(str(path), "skipped", analysis.reason, knees, outputs)

@@ -19,14 +19,14 @@ from typing import Any
 from pynetdicom import AE, AllStoragePresentationContexts, _config, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
-from node.audit import AuditLog
 from node.config import Config
-from node.decode import SUPPORTED_TRANSFER_SYNTAXES, DecodeError, read_header
-from node.logs import instance_fields, log_event, pseudonym_key
-from node.metrics import Metrics
-from node.queue import ANALYZE, Queue, QueueUnavailable
-from node.storage import is_valid_uid, move_durably
-from node.tls import server_context
+from node.infra.audit import AuditLog
+from node.infra.logs import instance_fields, log_event, pseudonym_key
+from node.infra.metrics import Metrics
+from node.infra.storage import is_valid_uid, move_durably
+from node.infra.tls import server_context
+from node.instances import SUPPORTED_TRANSFER_SYNTAXES, DecodeError, read_header
+from node.queue import ANALYZE, AnalyzeJob, Queue, QueueUnavailable
 
 SUCCESS = 0x0000
 OUT_OF_RESOURCES = 0xA700
@@ -142,8 +142,7 @@ class Receiver:
                     return self.refuse(OUT_OF_RESOURCES, calling, uid, "queue full")
                 path = self.spool / f"{uid}.dcm"
                 self.keep(received, path)
-                self.queue.put(ANALYZE, uid, {"path": str(path), "sop_instance_uid": uid, "calling_ae": calling,
-                                              "patient": fields["patient"], "received_at": time.time()})
+                self.queue.put(uid, AnalyzeJob(path=str(path), patient=fields["patient"], received_at=time.time()))
                 self.metrics.selected.inc()
         except (OSError, QueueUnavailable) as error:  # disk full, quota, permissions: promise nothing
             return self.refuse(OUT_OF_RESOURCES, calling, uid, f"cannot keep instance: {error}")

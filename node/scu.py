@@ -15,8 +15,10 @@ from pynetdicom.association import Association
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from node.config import Destination
-from node.decode import DecodeError, read_header
+from node.instances import DecodeError, read_header
 
+SUCCESS = 0x0000
+WARNING_STATUSES = frozenset({0x0001, 0xB000, 0xB006, 0xB007})  # stored, with a warning: delivered
 PEER = re.compile(r"^(?P<ae>[^@]{1,16})@(?P<host>[^:]+):(?P<port>\d{1,5})$")
 MAX_CONTEXTS = 128  # presentation contexts one association may propose
 
@@ -29,10 +31,21 @@ def parse_peer(text: str) -> Destination:
     return Destination(match["ae"], match["host"], int(match["port"]))
 
 
-def echo(peer: Destination, calling_ae: str, timeout: float = 10, tls: ssl.SSLContext | None = None) -> int | None:
-    """The C-ECHO status, or None when no association could be made; `tls`: DICOM TLS with this context."""
+def delivered(status: int | None) -> bool:
+    """A C-STORE status that means the peer keeps the instance."""
+    return status == SUCCESS or status in WARNING_STATUSES
+
+
+def client_ae(calling_ae: str, timeout: float) -> AE:
+    """An AE for outgoing associations, every wait (connect, ACSE, DIMSE, network) bounded by `timeout`."""
     ae = AE(calling_ae)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = ae.connection_timeout = timeout
+    return ae
+
+
+def echo(peer: Destination, calling_ae: str, timeout: float = 10, tls: ssl.SSLContext | None = None) -> int | None:
+    """The C-ECHO status, or None when no association could be made; `tls`: DICOM TLS with this context."""
+    ae = client_ae(calling_ae, timeout)
     ae.add_requested_context(Verification)
     association = ae.associate(peer.host, peer.port, ae_title=peer.ae_title, tls_args=(tls, peer.host) if tls else None)
     if not association.is_established:
@@ -62,8 +75,7 @@ def send(paths: Iterable[Path], peer: Destination, calling_ae: str, timeout: flo
             files.append(path)
         except (DecodeError, AttributeError) as error:
             yield Sent(path, None, f"not a DICOM file with a SOP class and transfer syntax ({error})")
-    ae = AE(calling_ae)
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = ae.connection_timeout = timeout
+    ae = client_ae(calling_ae, timeout)
     # One context per class and syntax: offered several syntaxes in one context, an acceptor picks its favourite,
     # and a file is sent only in the syntax it is stored in.
     for sop_class, syntax in sorted(contexts)[:MAX_CONTEXTS]:

@@ -12,8 +12,8 @@ from collections.abc import Callable
 from typing import Literal
 
 from node.config import Config
-from node.logs import log_event, setup_logging
-from node.metrics import Metrics, MetricsServer
+from node.infra.logs import log_event, setup_logging
+from node.infra.metrics import Metrics, MetricsServer
 from node.queue import ANALYZE, DELIVER, open_queue
 
 Role = Literal["all", "receiver", "worker", "dispatcher"]
@@ -22,8 +22,8 @@ Role = Literal["all", "receiver", "worker", "dispatcher"]
 def serve(config: Config, role: Role = "all", on_ready: Callable[[dict[str, int]], None] | None = None,
           stop: threading.Event | None = None) -> int:
     """Run until `stop` is set (SIGTERM/SIGINT set it); `on_ready` gets the bound ports."""
-    from node.audit import AuditLog
     from node.dispatch import Dispatcher
+    from node.infra.audit import AuditLog
     from node.receive import Receiver
 
     setup_logging(config.log_level)
@@ -31,8 +31,7 @@ def serve(config: Config, role: Role = "all", on_ready: Callable[[dict[str, int]
     if threading.current_thread() is threading.main_thread():
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: stop.set())
-    queue = open_queue(config.queue, config.data_dir, {ANALYZE: config.queue.max_attempts,
-                                                       DELIVER: config.dispatch.max_attempts})
+    queue = open_queue(config)
     metrics = Metrics()
     metrics.track_depth(ANALYZE, lambda: queue.depth(ANALYZE))
     metrics.track_depth(DELIVER, lambda: queue.depth(DELIVER))
@@ -42,13 +41,13 @@ def serve(config: Config, role: Role = "all", on_ready: Callable[[dict[str, int]
     receiver = Receiver(config, queue, metrics, audit) if role in ("all", "receiver") else None
     loops: dict[str, tuple[threading.Thread, threading.Event]] = {}
     if role in ("all", "worker"):  # only workers load torch and the model
-        from node.analyze import Analyzer
-        from node.model import Grader
-        from node.report import Device
+        from node.analysis.grading import Analyzer
+        from node.analysis.model import Grader
+        from node.report import Equipment
         from node.worker import Worker
 
         grader = Grader(config.worker.model, device=config.worker.device, threads=config.worker.threads or None)
-        worker = Worker(config, queue, Analyzer(grader), Device(name=config.scp.ae_title), metrics, audit)
+        worker = Worker(config, queue, Analyzer(grader), Equipment(name=config.scp.ae_title), metrics, audit)
         loops["worker"] = background(worker.run, "worker")
         log_event("model_loaded", model=grader.spec.name, version=grader.spec.version, device=str(grader.device))
     if role in ("all", "dispatcher"):

@@ -1,8 +1,8 @@
 """The analysis worker: spooled radiographs in batches through one loaded model, results into the outbox.
 
-A batch is whatever is queued, topped up for at most `max_wait_ms` until `batch_size` jobs are in hand.  Each
-radiograph is decoded once; all knees of the batch go through the model together.  The SC and SR are written
-durably, and the job is completed in the same queue transaction that queues their deliveries.
+A batch is whatever is queued, topped up for at most `max_wait_ms` until `batch_size` jobs are in hand, and goes
+through the pipeline (node.pipeline) as a whole.  The SC and SR are written durably, and the job is completed in
+the same queue transaction that queues their deliveries.
 """
 
 from __future__ import annotations
@@ -12,45 +12,26 @@ import logging
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
-from pydicom import Dataset
-
-from node.analyze import Analyzer
-from node.audit import AuditLog
-from node.config import Config, Destination
-from node.decode import DecodeError, read_radiograph
-from node.logs import log_event
-from node.metrics import Metrics
-from node.queue import ANALYZE, DELIVER, Job, Queue
-from node.report import Device, build_outputs, file_name
-from node.storage import link_durably, write_durably
-from node.types import Analysis
+from node.analysis.grading import Analyzer
+from node.config import Config
+from node.infra.audit import AuditLog
+from node.infra.logs import log_event
+from node.infra.metrics import Metrics
+from node.pipeline import Failed, Reported, run_batch
+from node.queue import ANALYZE, DeliverJob, Job, Message, Queue
+from node.report import Equipment
+from node.report.outbox import Outbox
 
 RETRY_DELAY_SECONDS = 30.0  # before a batch that failed as a whole (e.g. out of GPU memory) is tried again
 
 
-def outbox_folder(data_dir: Path, destination: Destination) -> Path:
-    """One folder per destination; the AE title is sanitised since it becomes a file name."""
-    safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in destination.ae_title)
-    return data_dir / "outbox" / safe
-
-
-def encode(dataset: Dataset) -> bytes:
-    buffer = io.BytesIO()
-    dataset.save_as(buffer, enforce_file_format=True)
-    return buffer.getvalue()
-
-
 class Worker:
-    def __init__(self, config: Config, queue: Queue, analyzer: Analyzer, device: Device, metrics: Metrics,
+    def __init__(self, config: Config, queue: Queue, analyzer: Analyzer, equipment: Equipment, metrics: Metrics,
                  audit: AuditLog) -> None:
-        self.config, self.queue, self.analyzer, self.device = config, queue, analyzer, device
+        self.config, self.queue, self.analyzer, self.equipment = config, queue, analyzer, equipment
         self.metrics, self.audit = metrics, audit
-        self.results = config.data_dir / "results"
-        self.results.mkdir(parents=True, exist_ok=True)
-        for destination in config.destinations:
-            outbox_folder(config.data_dir, destination).mkdir(parents=True, exist_ok=True)
+        self.outbox = Outbox.of_node(config.data_dir, config.destinations)
 
     def run(self, stop: threading.Event) -> None:
         while not stop.is_set():
@@ -75,67 +56,58 @@ class Worker:
         return jobs
 
     def process(self, jobs: list[Job]) -> None:
-        decoded, radiographs = [], []
+        read, sources = [], []
         for job in jobs:
             try:
-                encoded = Path(job.payload["path"]).read_bytes()
+                sources.append(io.BytesIO(Path(job.message.path).read_bytes()))
+                read.append(job)
             except OSError as error:  # shared storage (NFS, SMB) not answering, or not showing the file yet
                 log_event("spool_unreadable", logging.WARNING, sop_instance_uid=job.key, reason=repr(error))
                 self.fail(job, repr(error))
-                continue
-            try:
-                radiographs.append(read_radiograph(io.BytesIO(encoded)))
-                decoded.append(job)
-            except DecodeError as error:  # the same bytes will fail the same way: no retry
-                self.queue.bury(job, str(error))
-                self.metrics.failed.labels("analyze").inc()
-                log_event("analysis_failed", logging.WARNING, sop_instance_uid=job.key, reason=str(error))
         try:
-            analyses = self.analyzer.analyze(radiographs)
+            outcomes = run_batch(sources, self.analyzer, self.equipment)
         except Exception as error:
-            log_event("batch_failed", logging.ERROR, jobs=len(decoded), reason=repr(error), traceback=True)
-            for job in decoded:
+            log_event("batch_failed", logging.ERROR, jobs=len(read), reason=repr(error), traceback=True)
+            for job in read:
                 self.fail(job, repr(error))
             return
-        for job, analysis in zip(decoded, analyses, strict=True):
-            try:
-                self.publish(job, analysis)
-            except Exception as error:  # one bad header must cost one job, not the worker
-                log_event("report_failed", logging.ERROR, sop_instance_uid=job.key, reason=repr(error))
-                self.fail(job, repr(error))
+        for job, outcome in zip(read, outcomes, strict=True):
+            if isinstance(outcome, Reported):
+                try:
+                    self.publish(job, outcome)
+                    continue
+                except Exception as error:  # a full disk, say: costs this job, not the worker
+                    outcome = Failed("report", repr(error))
+            if outcome.stage == "decode":  # the same bytes will fail the same way: no retry
+                self.queue.bury(job, outcome.reason)
+                self.metrics.failed.labels("analyze").inc()
+                log_event("analysis_failed", logging.WARNING, sop_instance_uid=job.key, reason=outcome.reason)
+            else:
+                log_event("report_failed", logging.ERROR, sop_instance_uid=job.key, reason=outcome.reason)
+                self.fail(job, outcome.reason)
 
     def fail(self, job: Job, reason: str) -> None:
         self.metrics.failed.labels("analyze").inc()
         self.queue.retry(job, reason, RETRY_DELAY_SECONDS)
 
-    def publish(self, job: Job, analysis: Analysis) -> None:
-        destinations = self.config.destinations
-        deliveries: list[tuple[str, str, dict[str, Any]]] = []
-        written = []
-        sc, sr = build_outputs(analysis, self.analyzer.spec, self.device)
-        for dataset in (sr, sc):  # queued, hence delivered, in this order: the report's kB before the image's MB
-            name = file_name(dataset)
-            # One hard link per destination: each delivery removes its own, the file goes with the last.
-            paths = [outbox_folder(self.config.data_dir, d) / name for d in destinations] or [self.results / name]
-            write_durably(paths[0], encode(dataset))
-            for path in paths[1:]:
-                link_durably(paths[0], path)
-            written += [str(path) for path in paths]
-            deliveries += [(DELIVER, f"{dataset.SOPInstanceUID}@{destination.ae_title}", {
-                "path": str(path), "destination": destination.ae_title, "sop_instance_uid": dataset.SOPInstanceUID,
-                "source": job.key, "result_at": time.time()})
-                for destination, path in zip(destinations, paths[:len(destinations)], strict=True)]
+    def publish(self, job: Job, reported: Reported) -> None:
+        destinations, analysis = self.config.destinations, reported.analysis
+        deliveries: list[tuple[str, Message]] = []
+        written: list[Path] = []
+        for dataset in (reported.sr, reported.sc):  # queued, hence delivered, in this order: the report's kB first
+            paths = self.outbox.write(dataset)
+            written += paths
+            deliveries += [(f"{dataset.SOPInstanceUID}@{destination.ae_title}",
+                            DeliverJob(path=str(path), destination=destination.ae_title,
+                                       sop_instance_uid=dataset.SOPInstanceUID, source=job.key, result_at=time.time()))
+                           for destination, path in zip(destinations, paths[:len(destinations)], strict=True)]
         self.queue.complete(job, then=deliveries)
-        Path(job.payload["path"]).unlink(missing_ok=True)
+        Path(job.message.path).unlink(missing_ok=True)
         self.metrics.processed.labels("ok" if analysis.knees else "skipped").inc()
-        self.metrics.receive_to_result.observe(time.time() - job.payload["received_at"])
-        grades = [f"{knee.roi.laterality.value}:KL{knee.grade}:{knee.confidence:.2f}:{knee.reliability.value}"
-                  for knee in analysis.knees]
-        log_event("processed", sop_instance_uid=job.key, patient=job.payload.get("patient", ""), knees=grades,
-                  reason=analysis.reason, files=written)
-        self.audit.record("result", sop_instance_uid=job.key, patient=job.payload.get("patient", ""),
-                          model=f"{self.analyzer.spec.name} {self.analyzer.spec.version}",
-                          knees=[{"laterality": k.roi.laterality.value, "grade": k.grade,
-                                  "confidence": round(k.confidence, 4), "reliability": k.reliability.value}
-                                 for k in analysis.knees],
-                          reason=analysis.reason, outputs=[Path(p).name for p in written])
+        self.metrics.receive_to_result.observe(time.time() - job.message.received_at)
+        knees = [knee.summary() for knee in analysis.knees]
+        log_event("processed", sop_instance_uid=job.key, patient=job.message.patient, knees=knees,
+                  reason=analysis.reason, files=[str(path) for path in written])
+        self.audit.record("result", sop_instance_uid=job.key, patient=job.message.patient,
+                          model=f"{self.analyzer.spec.name} {self.analyzer.spec.version}", knees=knees,
+                          reason=analysis.reason, outputs=[path.name for path in written])

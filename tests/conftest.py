@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from node.training.data import CropSet, load_crops
-from tests.helpers import KNEE_KL, RedisServer, random_model
+from tests.helpers import RedisServer, random_model
+from tools import KNEE_KL
 
 
 @pytest.fixture(scope="session")

@@ -20,13 +20,10 @@ import torch
 import yaml
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 
+from node.analysis.model import KneeGrader, ModelSpec, save_model
 from node.config import Destination
-from node.demo import free_port
-from node.model import KneeGrader, ModelSpec, save_model
 from node.training.data import KNEE_KL_FIELD_MM
-
-REPO = Path(__file__).resolve().parent.parent
-KNEE_KL = REPO.parent / "shared" / "datasets" / "knee-kl"
+from tools.orthanc import free_port
 
 
 def random_model(folder: Path, input_size: int = 224, seed: int = 0) -> Path:

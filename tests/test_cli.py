@@ -13,8 +13,9 @@ import pytest
 from pydicom.data import get_testdata_file
 
 from node.cli import main
-from node.synthetic import SYNTAXES, write_composites
-from tests.helpers import KNEE_KL, dciodvfy_errors
+from tests.helpers import dciodvfy_errors
+from tools import KNEE_KL
+from tools.synthetic import SYNTAXES, write_composites
 
 RG1 = Path(get_testdata_file("RG1_UNCI.dcm", download=False))
 

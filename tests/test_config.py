@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 
 from node.config import Config, ConfigError, Destination, load_config
-from tests.helpers import REPO
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -18,13 +17,13 @@ def write(tmp_path: Path, text: str) -> Path:
     return path
 
 
-def test_the_shipped_config_is_the_defaults_with_its_peers() -> None:
-    config = load_config(REPO / "config" / "node.yaml", {})
+def test_the_bundled_config_is_the_defaults_with_its_peers() -> None:
+    config = load_config(None, {})
     defaults = Config()
     assert config.scp.ae_title == defaults.scp.ae_title and config.scp.port == 11112
     assert [peer.ae_title for peer in config.scp.peers] == ["ORTHANC", "STORESCU"]
     assert config.queue == defaults.queue and config.worker.batch_size == defaults.worker.batch_size
-    assert config.data_dir == (REPO / "data").resolve()  # relative to the config file's folder
+    assert config.data_dir == (Path.cwd() / "data").resolve()  # the bundled file's paths: from the working directory
     assert config.destinations == ()
 
 

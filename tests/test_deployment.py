@@ -10,7 +10,8 @@ import subprocess
 import yaml
 
 from node.config import load_config
-from tests.helpers import REPO, require_tool
+from tests.helpers import require_tool
+from tools import REPO
 
 
 def test_docker_compose_config_validates() -> None:
@@ -23,13 +24,13 @@ def test_compose_environment_is_a_valid_node_config() -> None:
     compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
     for name in ("knee-node", "knee-node-gpu"):
         environment = compose["services"][name]["environment"]
-        config = load_config(REPO / "config" / "node.yaml", environment)
+        config = load_config(None, environment)
         assert [str(d) for d in config.destinations] == ["ORTHANC@orthanc:4242"]
         assert [p.ae_title for p in config.scp.peers] == ["ORTHANC"]
 
 
 def test_orthanc_config_and_routing_script_name_the_node() -> None:
-    node = load_config(REPO / "config" / "node.yaml", {})
+    node = load_config(None, {})
     orthanc = json.loads((REPO / "config" / "orthanc" / "orthanc.json").read_text())
     modality = orthanc["DicomModalities"]["knee-node"]
     assert (modality["AET"], modality["Port"], modality["AllowStore"]) == (node.scp.ae_title, node.scp.port, True)

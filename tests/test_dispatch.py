@@ -13,14 +13,14 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate
 from pynetdicom import AE, _config, evt
 from pynetdicom.sop_class import SecondaryCaptureImageStorage  # type: ignore[attr-defined]
 
-from node.audit import AuditLog
 from node.config import Config, Destination
-from node.demo import free_port
 from node.dispatch import Dispatcher
-from node.metrics import Metrics
-from node.queue import ANALYZE, DELIVER, open_queue
-from node.storage import write_durably
-from node.worker import encode
+from node.infra.audit import AuditLog
+from node.infra.metrics import Metrics
+from node.infra.storage import write_durably
+from node.queue import DELIVER, DeliverJob, open_queue
+from node.report.outbox import encode
+from tools.orthanc import free_port
 
 
 def result_file(folder: Path) -> Path:
@@ -49,12 +49,12 @@ def test_a_result_reaches_the_destination_in_a_syntax_it_accepts(tmp_path: Path,
     port = free_port()
     server = ae.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)])
     config = Config(data_dir=tmp_path, destinations=(Destination("DEST", "127.0.0.1", port),))
-    queue = open_queue(config.queue, tmp_path, {ANALYZE: 3, DELIVER: 3})
+    queue = open_queue(config)
     try:
         path = result_file(tmp_path)
         written: Any = dcmread(path)
-        queue.put(DELIVER, "sc@DEST", {"path": str(path), "destination": "DEST", "source": "x",
-                                       "sop_instance_uid": written.SOPInstanceUID, "result_at": time.time()})
+        queue.put("sc@DEST", DeliverJob(path=str(path), destination="DEST", sop_instance_uid=written.SOPInstanceUID,
+                                        source="x", result_at=time.time()))
         Dispatcher(config, queue, Metrics(), AuditLog(tmp_path)).deliver("DEST", queue.claim(DELIVER, 1))
         assert queue.counts() == {}  # delivered, not retried
     finally:

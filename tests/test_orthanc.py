@@ -17,9 +17,10 @@ import pydicom
 import pytest
 
 from node.cli import main
-from node.demo import LocalOrthanc, free_port, sr_grades
-from node.synthetic import write_composites
-from tests.helpers import KNEE_KL, REPO, NodeProcess, require_tool, wait_until
+from tests.helpers import NodeProcess, require_tool, wait_until
+from tools import KNEE_KL, REPO
+from tools.orthanc import LocalOrthanc, free_port, sr_grades
+from tools.synthetic import write_composites
 
 ARTIFACTS = REPO / "test-artifacts"
 LOG = logging.getLogger(__name__)

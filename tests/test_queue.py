@@ -13,21 +13,29 @@ from pathlib import Path
 import pytest
 
 import node.queue.redis
-from node.config import ConfigError, QueueConfig, load_config
-from node.queue import ANALYZE, DELIVER, Queue, State, open_queue
+from node.config import Config, ConfigError, DispatchConfig, QueueConfig, load_config
+from node.queue import ANALYZE, DELIVER, AnalyzeJob, DeliverJob, Queue, State, messages, open_queue
 
 OpenQueue = Callable[..., Queue]
 
 CONSUMER = """
 import json, sys, time
 from pathlib import Path
-from node.config import ConfigError, QueueConfig, load_config
+from node.config import Config, QueueConfig
 from node.queue import open_queue
 config, data_dir, topic, limit = json.loads(sys.argv[1])
-queue = open_queue(QueueConfig(**config), Path(data_dir), {"analyze": 3, "deliver": 3})
+queue = open_queue(Config(data_dir=Path(data_dir), queue=QueueConfig(**config)))
 print(json.dumps([job.key for job in queue.claim(topic, limit)]), flush=True)
 time.sleep(600)
 """
+
+
+def analyze_job(path: str = "a") -> AnalyzeJob:
+    return AnalyzeJob(path=path, patient="p", received_at=1.0)
+
+
+def deliver_job(uid: str = "9.1") -> DeliverJob:
+    return DeliverJob(path=f"{uid}.dcm", destination="PACS", sop_instance_uid=uid, source="1.2.3", result_at=1.0)
 
 
 @pytest.fixture(params=["sqlite", "redis"])
@@ -43,8 +51,10 @@ def open_(backend: dict[str, str], tmp_path: Path) -> Iterator[OpenQueue]:
     opened: list[Queue] = []
 
     def open_queue_(lease_seconds: float = 60, max_attempts: int = 3) -> Queue:
-        config = QueueConfig(**backend, lease_seconds=lease_seconds)  # type: ignore[arg-type]
-        opened.append(open_queue(config, tmp_path, {ANALYZE: max_attempts, DELIVER: max_attempts}))
+        config = Config(data_dir=tmp_path, queue=QueueConfig(**backend, lease_seconds=lease_seconds,  # type: ignore[arg-type]
+                                                             max_attempts=max_attempts),
+                        dispatch=DispatchConfig(max_attempts=max_attempts))
+        opened.append(open_queue(config))
         return opened[-1]
 
     yield open_queue_
@@ -63,18 +73,18 @@ def consumer_process(backend: dict[str, str], data_dir: Path, topic: str, limit:
 
 def test_one_unfinished_job_per_key_and_complete_queues_the_follow_ups(open_: OpenQueue) -> None:
     queue = open_()
-    assert queue.put(ANALYZE, "1.2.3", {"path": "a"})
-    assert not queue.put(ANALYZE, "1.2.3", {"path": "b"})  # a resent instance does not double the work
-    assert queue.put(ANALYZE, "1.2.4", {"path": "c"})
+    assert queue.put("1.2.3", analyze_job("a"))
+    assert not queue.put("1.2.3", analyze_job("b"))  # a resent instance does not double the work
+    assert queue.put("1.2.4", analyze_job("c"))
     assert queue.depth(ANALYZE) == 2
     jobs = queue.claim(ANALYZE, 10)
-    assert [(job.key, job.payload, job.attempts) for job in jobs] == [("1.2.3", {"path": "a"}, 1),
-                                                                     ("1.2.4", {"path": "c"}, 1)]
-    assert not queue.put(ANALYZE, "1.2.3", {"path": "d"})  # leased is unfinished too
+    assert [(job.key, job.message, job.attempts) for job in jobs] == [("1.2.3", analyze_job("a"), 1),
+                                                                     ("1.2.4", analyze_job("c"), 1)]
+    assert not queue.put("1.2.3", analyze_job("d"))  # leased is unfinished too
     assert queue.counts() == {ANALYZE: {"leased": 2}}
-    queue.complete(jobs[0], then=[(DELIVER, "9.1@PACS", {"n": 1}), (DELIVER, "9.2@PACS", {"n": 2})])
+    queue.complete(jobs[0], then=[("9.1@PACS", deliver_job("9.1")), ("9.2@PACS", deliver_job("9.2"))])
     assert queue.counts() == {ANALYZE: {"leased": 1}, DELIVER: {"queued": 2}}
-    assert queue.put(ANALYZE, "1.2.3", {"path": "e"})  # finished: the key is free again
+    assert queue.put("1.2.3", analyze_job("e"))  # finished: the key is free again
     assert sorted(job.key for job in queue.claim(DELIVER, 10)) == ["9.1@PACS", "9.2@PACS"]
     assert queue.claim(DELIVER, 10) == []
     assert queue.depth(ANALYZE) == 2 and queue.depth(DELIVER) == 2
@@ -82,7 +92,7 @@ def test_one_unfinished_job_per_key_and_complete_queues_the_follow_ups(open_: Op
 
 def test_retry_waits_its_delay_then_dead_letters_when_attempts_run_out(open_: OpenQueue) -> None:
     queue = open_(max_attempts=2)
-    queue.put(ANALYZE, "1.2.3", {})
+    queue.put("1.2.3", analyze_job())
     (job,) = queue.claim(ANALYZE, 1)
     assert queue.retry(job, "out of memory", delay=0.6) is State.QUEUED
     assert queue.claim(ANALYZE, 1) == []  # not before its delay
@@ -100,28 +110,28 @@ def test_retry_waits_its_delay_then_dead_letters_when_attempts_run_out(open_: Op
 def test_requeue_gives_fresh_attempts_unless_a_newer_job_has_the_key(open_: OpenQueue) -> None:
     queue = open_()
     for key in ("1.1", "1.2"):
-        queue.put(ANALYZE, key, {"key": key})
+        queue.put(key, analyze_job(key))
     for job in queue.claim(ANALYZE, 2):
         queue.bury(job, "cannot decode")
-    queue.put(DELIVER, "9.1@PACS", {})
+    queue.put("9.1@PACS", deliver_job())
     queue.bury(queue.claim(DELIVER, 1)[0], "no such destination")
     assert sorted((d.job.topic, d.job.key, d.error) for d in queue.dead()) == [
         (ANALYZE, "1.1", "cannot decode"), (ANALYZE, "1.2", "cannot decode"), (DELIVER, "9.1@PACS",
                                                                                 "no such destination")]
     assert [d.job.key for d in queue.dead(DELIVER)] == ["9.1@PACS"]
-    assert queue.put(ANALYZE, "1.2", {"key": "1.2", "newer": True})  # a dead job is not unfinished
+    assert queue.put("1.2", analyze_job("1.2 newer"))  # a dead job is not unfinished
     assert queue.requeue_dead(ANALYZE) == 1
     assert [(d.job.topic, d.job.key) for d in queue.dead()] == [(ANALYZE, "1.2"), (DELIVER, "9.1@PACS")]
     jobs = sorted(queue.claim(ANALYZE, 10), key=lambda job: job.key)
-    assert [(job.key, job.payload, job.attempts) for job in jobs] == [
-        ("1.1", {"key": "1.1"}, 1), ("1.2", {"key": "1.2", "newer": True}, 1)]
+    assert [(job.key, job.message, job.attempts) for job in jobs] == [
+        ("1.1", analyze_job("1.1"), 1), ("1.2", analyze_job("1.2 newer"), 1)]
     assert queue.requeue_dead() == 1  # 1.2's dead letter stays: its key is still unfinished
     assert queue.counts() == {ANALYZE: {"leased": 2, "dead": 1}, DELIVER: {"queued": 1}}
 
 
 def test_release_gives_jobs_back_without_counting_the_attempt(open_: OpenQueue) -> None:
     queue = open_()
-    queue.put(DELIVER, "9.1@PACS", {})
+    queue.put("9.1@PACS", deliver_job())
     (job,) = queue.claim(DELIVER, 1)
     queue.release([job])
     (again,) = queue.claim(DELIVER, 1)
@@ -130,7 +140,7 @@ def test_release_gives_jobs_back_without_counting_the_attempt(open_: OpenQueue) 
 
 def test_an_expired_lease_goes_to_the_next_consumer_then_to_dead_letter(open_: OpenQueue) -> None:
     first, second = open_(lease_seconds=0.5, max_attempts=2), open_(lease_seconds=0.5, max_attempts=2)
-    first.put(ANALYZE, "1.2.3", {})
+    first.put("1.2.3", analyze_job())
     assert [job.attempts for job in first.claim(ANALYZE, 1)] == [1]
     assert second.claim(ANALYZE, 1) == []  # leased, and the lease runs
     time.sleep(0.6)
@@ -149,8 +159,8 @@ def test_recover_puts_back_what_a_killed_consumer_held(open_: OpenQueue, backend
     monkeypatch.setattr(node.queue.redis, "CONSUMER_TIMEOUT_SECONDS", 3.0)
     queue = open_()
     for key in ("1.1", "1.2"):
-        queue.put(ANALYZE, key, {})
-    queue.put(DELIVER, "9.1@PACS", {})
+        queue.put(key, analyze_job())
+    queue.put("9.1@PACS", deliver_job())
     assert len(queue.claim(DELIVER, 1)) == 1  # a lease of another topic, held by a live process
     process, held = consumer_process(backend, tmp_path, ANALYZE, 2)
     process.kill()
@@ -167,9 +177,9 @@ def test_recover_puts_back_what_a_killed_consumer_held(open_: OpenQueue, backend
 
 def test_redis_recover_leaves_a_live_peers_leases_and_takes_them_once_it_closes(redis_url: str,
                                                                                tmp_path: Path) -> None:
-    config = QueueConfig(backend="redis", redis_url=redis_url)
-    live, restarted = (open_queue(config, tmp_path, {ANALYZE: 3, DELIVER: 3}) for _ in range(2))
-    live.put(ANALYZE, "1.1", {})
+    config = Config(data_dir=tmp_path, queue=QueueConfig(backend="redis", redis_url=redis_url))
+    live, restarted = (open_queue(config) for _ in range(2))
+    live.put("1.1", analyze_job())
     assert len(live.claim(ANALYZE, 1)) == 1
     restarted.recover([ANALYZE, DELIVER])
     assert restarted.claim(ANALYZE, 1) == []
@@ -195,3 +205,11 @@ def test_status_and_requeue_say_in_one_line_that_the_broker_is_unreachable(tmp_p
         assert done.returncode == 1
         assert done.stderr.startswith(f"knee-node {command}: queue unavailable: redis: ")
         assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_messages_round_trip_and_fields_of_another_release_are_ignored() -> None:
+    job = analyze_job("spool/1.2.3.dcm")
+    assert messages.decode(ANALYZE, messages.encode(job)) == job
+    older = '{"path": "spool/1.2.3.dcm", "patient": "p", "received_at": 1.0, "sop_instance_uid": "1.2.3"}'
+    assert messages.decode(ANALYZE, older) == job  # queued before an upgrade: still processed
+    assert messages.decode(DELIVER, messages.encode(deliver_job())) == deliver_job()

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 
 from node.scu import echo, send
-from node.synthetic import compose
 from node.training.data import CropSet
 from tests.helpers import NodeProcess, wait_until
+from tools.synthetic import compose
 
 
 def age(path: Path) -> None:

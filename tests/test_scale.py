@@ -18,9 +18,10 @@ from pydicom.uid import ExplicitVRLittleEndian
 from node.config import load_config
 from node.queue import ANALYZE
 from node.queue.redis import GROUP, PREFIX
-from node.synthetic import write_composites
-from tests.helpers import KNEE_KL, REPO, NodeProcess, RedisServer, StoreScp, random_model
+from tests.helpers import NodeProcess, RedisServer, StoreScp, random_model
 from tests.test_serve import pynetdicom_send
+from tools import KNEE_KL, REPO
+from tools.synthetic import write_composites
 
 COUNT = 16
 
@@ -93,6 +94,6 @@ def test_the_scale_profile_runs_each_role_on_the_broker_with_one_shared_volume()
     assert roles == ["dispatcher", "receiver", "worker", "worker"]
     assert "scale" in services["redis"]["profiles"]
     for service in nodes.values():
-        config = load_config(REPO / "config" / "node.yaml", service["environment"])
+        config = load_config(None, service["environment"])
         assert (config.queue.backend, config.queue.redis_url) == ("redis", "redis://redis:6379/0")
         assert service["volumes"] == ["knee-node-shared:/data"]  # data_dir (the image's): spool and outbox

@@ -16,8 +16,9 @@ from pydicom.data import get_testdata_file
 from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, JPEGLSLossless, RLELossless
 from pynetdicom import AE
 
-from node.synthetic import write_composites
-from tests.helpers import KNEE_KL, NodeProcess, StoreScp, dciodvfy_errors, require_tool, wait_until
+from tests.helpers import NodeProcess, StoreScp, dciodvfy_errors, require_tool, wait_until
+from tools import KNEE_KL
+from tools.synthetic import write_composites
 
 SC, SR = "1.2.840.10008.5.1.4.1.1.7", "1.2.840.10008.5.1.4.1.1.88.33"
 CR, DX = "1.2.840.10008.5.1.4.1.1.1", "1.2.840.10008.5.1.4.1.1.1.1"

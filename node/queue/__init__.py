@@ -7,17 +7,18 @@ attempts run out.  A lease that expires (its consumer died) makes the job claima
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
+
+from node.queue.messages import ANALYZE, DELIVER, AnalyzeJob, DeliverJob, Message
 
 if TYPE_CHECKING:
-    from node.config import QueueConfig
+    from node.config import Config
 
-ANALYZE = "analyze"
-DELIVER = "deliver"
+__all__ = ["ANALYZE", "DELIVER", "AnalyzeJob", "DeadJob", "DeliverJob", "Job", "Message", "Queue", "QueueUnavailable",
+           "State", "open_queue"]
 
 
 class QueueUnavailable(Exception):
@@ -35,7 +36,7 @@ class Job:
     id: str
     topic: str
     key: str  # at most one unfinished job per (topic, key): a resent instance does not double the work
-    payload: dict[str, Any]
+    message: Message
     attempts: int  # claims so far, this one included
     created_at: float  # epoch seconds
 
@@ -49,14 +50,15 @@ class DeadJob:
 class Queue(Protocol):
     """`max_attempts` per topic is given to the backend's constructor."""
 
-    def put(self, topic: str, key: str, payload: dict[str, Any]) -> bool:
-        """Durably enqueue; False when an unfinished job with the same key exists (then nothing changes)."""
+    def put(self, key: str, message: Message) -> bool:
+        """Durably enqueue on the message's topic; False when an unfinished job with the same key exists (then
+        nothing changes)."""
 
     def claim(self, topic: str, limit: int) -> list[Job]:
         """Lease up to `limit` available jobs, oldest first; jobs whose attempts ran out go to dead-letter."""
 
-    def complete(self, job: Job, then: Sequence[tuple[str, str, dict[str, Any]]] = ()) -> None:
-        """Finish `job` and, in the same atomic step, put the follow-up jobs (topic, key, payload) `then`:
+    def complete(self, job: Job, then: Sequence[tuple[str, Message]] = ()) -> None:
+        """Finish `job` and, in the same atomic step, put the follow-up jobs (key, message) `then`:
         a crash leaves either the job unfinished or its follow-ups queued, never both."""
 
     def retry(self, job: Job, error: str, delay: float) -> State:
@@ -94,12 +96,13 @@ class Queue(Protocol):
     def close(self) -> None: ...
 
 
-def open_queue(config: QueueConfig, data_dir: Path, max_attempts: Mapping[str, int]) -> Queue:
+def open_queue(config: Config) -> Queue:
     """The configured backend; nothing else in the node knows which one runs."""
-    if config.backend == "redis":
+    max_attempts = {ANALYZE: config.queue.max_attempts, DELIVER: config.dispatch.max_attempts}
+    if config.queue.backend == "redis":
         from node.queue.redis import RedisQueue
 
-        return RedisQueue(config.redis_url, config.lease_seconds, max_attempts)
+        return RedisQueue(config.queue.redis_url, config.queue.lease_seconds, max_attempts)
     from node.queue.sqlite import SqliteQueue
 
-    return SqliteQueue(data_dir / "queue.sqlite", config.lease_seconds, max_attempts)
+    return SqliteQueue(config.data_dir / "queue.sqlite", config.queue.lease_seconds, max_attempts)

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import sqlite3
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
-from node.queue import DeadJob, Job, QueueUnavailable, State
+from node.queue import DeadJob, Job, Message, QueueUnavailable, State
+from node.queue.messages import decode, encode
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -54,20 +53,20 @@ class SqliteQueue:
             self._db.execute("ROLLBACK")
             raise
 
-    def _insert(self, db: sqlite3.Connection, topic: str, key: str, payload: dict[str, Any]) -> bool:
+    def _insert(self, db: sqlite3.Connection, key: str, message: Message) -> bool:
         now = time.time()
         try:
             db.execute("INSERT INTO jobs (topic, key, payload, state, available_at, created_at) "
-                       "VALUES (?, ?, ?, ?, ?, ?)", (topic, key, json.dumps(payload), State.QUEUED, now, now))
+                       "VALUES (?, ?, ?, ?, ?, ?)", (message.topic, key, encode(message), State.QUEUED, now, now))
         except sqlite3.IntegrityError:
             return False
         return True
 
-    def put(self, topic: str, key: str, payload: dict[str, Any]) -> bool:
+    def put(self, key: str, message: Message) -> bool:
         with self._available:
             try:
                 with self._transaction() as db:
-                    added = self._insert(db, topic, key, payload)
+                    added = self._insert(db, key, message)
             except sqlite3.OperationalError as error:  # disk full, I/O error, locked for too long
                 raise QueueUnavailable(str(error)) from error
             self._available.notify_all()
@@ -87,15 +86,15 @@ class SqliteQueue:
                               (topic, State.QUEUED, now, limit)).fetchall()
             db.executemany("UPDATE jobs SET state = ?, attempts = attempts + 1, available_at = ? WHERE id = ?",
                            [(State.LEASED, now + self.lease_seconds, row[0]) for row in rows])
-        return [Job(str(id_), topic, key, json.loads(payload), attempts + 1, created)
+        return [Job(str(id_), topic, key, decode(topic, payload), attempts + 1, created)
                 for id_, key, payload, attempts, created in rows]
 
-    def complete(self, job: Job, then: Sequence[tuple[str, str, dict[str, Any]]] = ()) -> None:
+    def complete(self, job: Job, then: Sequence[tuple[str, Message]] = ()) -> None:
         with self._available:
             with self._transaction() as db:
                 db.execute("DELETE FROM jobs WHERE id = ?", (int(job.id),))
-                for topic, key, payload in then:
-                    self._insert(db, topic, key, payload)
+                for key, message in then:
+                    self._insert(db, key, message)
             if then:
                 self._available.notify_all()
 
@@ -149,7 +148,7 @@ class SqliteQueue:
             rows = self._db.execute(
                 "SELECT id, topic, key, payload, attempts, created_at, error FROM jobs WHERE state = ? "
                 "AND (? IS NULL OR topic = ?) ORDER BY id", (State.DEAD, topic, topic)).fetchall()
-        return [DeadJob(Job(str(id_), topic_, key, json.loads(payload), attempts, created), error)
+        return [DeadJob(Job(str(id_), topic_, key, decode(topic_, payload), attempts, created), error)
                 for id_, topic_, key, payload, attempts, created, error in rows]
 
     def requeue_dead(self, topic: str | None = None) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from highdicom.coding_schemes import CodingSchemeIdentificationItem
 from highdicom.sr import CodedConcept
 
-from node.types import Laterality, Reliability
+from node.domain import Laterality, Reliability
 
 SCHEME = "99KNEEKL"
 SCHEME_IDENTIFICATION = CodingSchemeIdentificationItem(

@@ -10,7 +10,7 @@ from pydicom import Dataset
 from pydicom.uid import UID
 
 from node import __version__
-from node.model import ModelSpec
+from node.analysis.model import ModelSpec
 from node.report.codes import SCHEME_IDENTIFICATION
 from node.report.uids import derived_uid
 from node.selection import MANUFACTURER
@@ -20,7 +20,7 @@ SR_SERIES_NUMBER = 9902
 
 
 @dataclass(frozen=True)
-class Device:
+class Equipment:
     """The node as observer (SR) and creator (SC, SR) of its results."""
 
     name: str = "KNEE_NODE"
@@ -30,19 +30,20 @@ class Device:
 
     @property
     def uid(self) -> UID:
-        return derived_uid("device", self.name, self.serial_number)
+        return derived_uid("device", self.name, self.serial_number)  # "device": as before the rename, same UID
 
 
-def output_attributes(header: Dataset, spec: ModelSpec, device: Device, kind: Literal["sc", "sr"]) -> dict[str, Any]:
+def output_attributes(header: Dataset, spec: ModelSpec, equipment: Equipment,
+                      kind: Literal["sc", "sr"]) -> dict[str, Any]:
     """UIDs derived from (source, model version), equipment, and the source's character set."""
     attributes: dict[str, Any] = {
         # One result series per source series, one result instance per source instance.
         "series_instance_uid": derived_uid(header.SeriesInstanceUID, spec.version, kind, "series"),
         "sop_instance_uid": derived_uid(header.SOPInstanceUID, spec.version, kind),
         "instance_number": max(1, int(header.get("InstanceNumber") or 1)),
-        "manufacturer": device.manufacturer,
-        "manufacturer_model_name": device.model_name,
-        "device_serial_number": device.serial_number,
+        "manufacturer": equipment.manufacturer,
+        "manufacturer_model_name": equipment.model_name,
+        "device_serial_number": equipment.serial_number,
         "software_versions": f"{spec.name} {spec.version}",
         "coding_schemes": [SCHEME_IDENTIFICATION],
     }

@@ -10,9 +10,9 @@ import numpy as np
 from pydicom import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
 
-from node.model import ModelSpec
-from node.report.identity import SC_SERIES_NUMBER, Device, output_attributes
-from node.types import Analysis, KneeResult, Reliability
+from node.analysis.model import ModelSpec
+from node.domain import Analysis, KneeResult, Reliability
+from node.report.identity import SC_SERIES_NUMBER, Equipment, output_attributes
 
 MAX_SIDE = 2048  # viewers show the overlay fitted to a screen; full detector resolution only costs storage
 DISCLAIMER = "AI result - not for primary diagnosis"
@@ -55,11 +55,7 @@ def draw_knee(canvas: np.ndarray, knee: KneeResult, scale: float, text_scale: fl
                       interpolation=cv2.INTER_CUBIC).clip(0, 1)
     y0, y1 = max(top, 0), min(bottom, canvas.shape[0])
     x0, x1 = max(left, 0), min(right, canvas.shape[1])
-    heat = heat[y0 - top:y1 - top, x0 - left:x1 - left]
-    colour = cv2.cvtColor(cv2.applyColorMap((heat * 255).astype(np.uint8), cv2.COLORMAP_TURBO), cv2.COLOR_BGR2RGB)
-    alpha = (0.6 * heat)[..., None]
-    region = canvas[y0:y1, x0:x1]
-    region[:] = (region * (1 - alpha) + colour * alpha + 0.5).astype(np.uint8)
+    blend_heatmap(canvas[y0:y1, x0:x1], heat[y0 - top:y1 - top, x0 - left:x1 - left])
     box_colour = GREEN if knee.reliability is Reliability.NO_CONCERN else AMBER
     cv2.rectangle(canvas, (left, top), (right, bottom), box_colour, max(2, round(3 * text_scale)))
     lines = [(knee_label(knee), 1.2 * text_scale, box_colour)]
@@ -71,6 +67,13 @@ def draw_knee(canvas: np.ndarray, knee: KneeResult, scale: float, text_scale: fl
     for text, size, colour in lines:
         put_text(canvas, text, (max(left, 0), y), size, colour)
         y += step
+
+
+def blend_heatmap(region: np.ndarray, heat: np.ndarray) -> None:
+    """Blend a turbo heatmap of `heat` (0..1, the region's height and width) into the RGB `region`, in place."""
+    colour = cv2.cvtColor(cv2.applyColorMap((heat * 255).astype(np.uint8), cv2.COLORMAP_TURBO), cv2.COLOR_BGR2RGB)
+    alpha = (0.6 * heat)[..., None]
+    region[:] = (region * (1 - alpha) + colour * alpha + 0.5).astype(np.uint8)
 
 
 def draw_legend(canvas: np.ndarray, text_scale: float) -> None:
@@ -99,7 +102,7 @@ def put_text(canvas: np.ndarray, text: str, origin: tuple[int, int], scale: floa
     cv2.putText(canvas, text, origin, FONT, scale, colour, thickness, cv2.LINE_AA)
 
 
-def build_sc(analysis: Analysis, spec: ModelSpec, device: Device) -> hd.sc.SCImage:
+def build_sc(analysis: Analysis, spec: ModelSpec, equipment: Equipment) -> hd.sc.SCImage:
     header = analysis.radiograph.header
     orientation = header.get("PatientOrientation") or []
     known_orientation = (tuple(str(v) for v in orientation)
@@ -115,7 +118,7 @@ def build_sc(analysis: Analysis, spec: ModelSpec, device: Device) -> hd.sc.SCIma
         series_number=SC_SERIES_NUMBER,
         series_description="knee-node KL grading overlay",
         transfer_syntax_uid=ExplicitVRLittleEndian,
-        **output_attributes(header, spec, device, kind="sc"),
+        **output_attributes(header, spec, equipment, kind="sc"),
     )
     if known_orientation is None:
         sc.PatientOrientation = ""  # Type 2: unknown stays empty, never guessed

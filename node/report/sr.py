@@ -29,11 +29,11 @@ from highdicom.sr.enum import GraphicTypeValues
 from pydicom import Dataset
 from pydicom.sr.codedict import codes
 
-from node.model import ModelSpec
+from node.analysis.model import ModelSpec
+from node.domain import Analysis, KneeResult, Radiograph
 from node.report import codes as kl
-from node.report.identity import SR_SERIES_NUMBER, Device, output_attributes
+from node.report.identity import SR_SERIES_NUMBER, Equipment, output_attributes
 from node.report.uids import derived_uid
-from node.types import Analysis, KneeResult, Radiograph
 
 ENGLISH = CodedConcept("en-US", "RFC5646", "English (United States)")
 QUALITATIVE_EVALUATIONS = CodedConcept("C0034375", "UMLS", "Qualitative Evaluations")
@@ -45,7 +45,7 @@ CONTAINS = RelationshipTypeValues.CONTAINS
 ACQUISITION_CONTEXT = RelationshipTypeValues.HAS_ACQ_CONTEXT
 
 
-def build_sr(analysis: Analysis, spec: ModelSpec, device: Device) -> hd.sr.ComprehensiveSR:
+def build_sr(analysis: Analysis, spec: ModelSpec, equipment: Equipment) -> hd.sr.ComprehensiveSR:
     header = analysis.radiograph.header
     root = ContainerContentItem(name=codes.cid7021.ImagingMeasurementReport, template_id="1500")
     root.ContentSequence = ContentSequence()
@@ -53,8 +53,8 @@ def build_sr(analysis: Analysis, spec: ModelSpec, device: Device) -> hd.sr.Compr
     root.ContentSequence.extend(ObservationContext(observer_device_context=ObserverContext(
         observer_type=codes.DCM.Device,
         observer_identifying_attributes=DeviceObserverIdentifyingAttributes(
-            uid=device.uid, name=device.name, manufacturer_name=device.manufacturer,
-            model_name=device.model_name, serial_number=device.serial_number),
+            uid=equipment.uid, name=equipment.name, manufacturer_name=equipment.manufacturer,
+            model_name=equipment.model_name, serial_number=equipment.serial_number),
     )))
     root.ContentSequence.append(CodeContentItem(name=codes.DCM.ProcedureReported, value=kl.PLAIN_XRAY_OF_KNEE,
                                                 relationship_type=RelationshipTypeValues.HAS_CONCEPT_MOD))
@@ -78,7 +78,7 @@ def build_sr(analysis: Analysis, spec: ModelSpec, device: Device) -> hd.sr.Compr
         is_final=False,
         is_verified=False,
         series_description="knee-node KL grading report",
-        **output_attributes(header, spec, device, kind="sr"),
+        **output_attributes(header, spec, equipment, kind="sr"),
     )
 
 

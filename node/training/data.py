@@ -12,7 +12,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from node.types import Laterality
+from node.domain import Laterality
 
 # Physical width of a knee-kl crop.  Measured on val/: the femoral condyles span a median 203 of the 224 pixels;
 # with a mean bicondylar width of about 80 mm in the OAI's population that puts 224 pixels at about 90 mm.

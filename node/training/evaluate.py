@@ -9,14 +9,15 @@ import cv2
 import numpy as np
 import torch
 
-from node.attention import joint_attention
-from node.model import Grader, KneeGrader, forward_in_batches, softmax
+from node.analysis.attention import joint_attention
+from node.analysis.model import Grader, KneeGrader, forward_in_batches, softmax
 from node.training.data import load_crops
+from node.training.gallery import write_gallery
 from node.training.metrics import expected_calibration_error, grading_metrics, reliability_bins
 
 
 def evaluate(model_dir: Path, data: Path, plots: Path | None = None, cam_sanity: bool = False,
-             device: str = "auto") -> dict[str, Any]:
+             device: str = "auto", gallery: Path | None = None, compare_fp32: bool = False) -> dict[str, Any]:
     grader = Grader(model_dir, device=device)
     crops = load_crops(data, num_classes=len(grader.spec.class_names))
     logits, cams = forward_in_batches(grader.module, crops.images, grader.spec.input_size, grader.device)
@@ -32,6 +33,11 @@ def evaluate(model_dir: Path, data: Path, plots: Path | None = None, cam_sanity:
     })
     if cam_sanity:
         metrics["cam_randomization_rank_correlation"] = randomization_test(grader, crops.images, cams)
+    if compare_fp32:  # what the node's bf16 (where the CPU has it) changes against plain fp32
+        exact, _ = forward_in_batches(grader.module, crops.images, grader.spec.input_size, grader.device, fp32=True)
+        metrics["fp32_same_grade"] = float((exact.argmax(1) == logits.argmax(1)).mean())
+    if gallery is not None:
+        metrics["gallery"] = write_gallery(gallery, crops, probabilities, cams, attention, grader.spec)
     if plots is not None:
         plots.mkdir(parents=True, exist_ok=True)
         cv2.imwrite(str(plots / "confusion.png"), draw_confusion(np.array(metrics["confusion"]),

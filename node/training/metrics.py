@@ -40,8 +40,24 @@ def expected_calibration_error(probabilities: np.ndarray, truth: np.ndarray, bin
     return float(sum(r["count"] * abs(r["accuracy"] - r["confidence"]) for r in rows) / len(truth))
 
 
+def adaptive_calibration_error(probabilities: np.ndarray, truth: np.ndarray, bins: int = 15) -> float:
+    """Top-label ECE over equal-mass bins (each holds about len/bins predictions): less sensitive to where the
+    bin edges fall than equal-width bins, where most predictions crowd into a few bins."""
+    confidence = probabilities.max(1)
+    correct = probabilities.argmax(1) == truth
+    order = np.argsort(confidence, kind="stable")
+    return float(sum(len(part) * abs(correct[part].mean() - confidence[part].mean())
+                     for part in np.array_split(order, bins) if len(part)) / len(truth))
+
+
+def brier_score(probabilities: np.ndarray, truth: np.ndarray) -> float:
+    """Mean over predictions of the squared distance between the probability vector and the one-hot truth."""
+    one_hot = np.eye(probabilities.shape[1])[truth]
+    return float(((probabilities - one_hot) ** 2).sum(1).mean())
+
+
 def grading_metrics(probabilities: np.ndarray, truth: np.ndarray) -> dict[str, object]:
-    """accuracy, qwk, mae, macro_f1, ece, per-class recall and the confusion matrix."""
+    """accuracy, qwk, mae, macro_f1, ece, adaptive_ece, brier, per-class recall and the confusion matrix."""
     num_classes = probabilities.shape[1]
     predicted = probabilities.argmax(1)
     confusion = confusion_matrix(truth, predicted, num_classes)
@@ -57,6 +73,8 @@ def grading_metrics(probabilities: np.ndarray, truth: np.ndarray) -> dict[str, o
         "mae": float(np.abs(predicted - truth).mean()),
         "macro_f1": float(f1.mean()),
         "ece": expected_calibration_error(probabilities, truth),
+        "adaptive_ece": adaptive_calibration_error(probabilities, truth),
+        "brier": brier_score(probabilities, truth),
         "recall": [round(float(r), 4) for r in recall],
         "confusion": confusion.tolist(),
     }

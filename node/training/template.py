@@ -5,8 +5,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from node.domain import Laterality
 from node.training.data import CropSet, crop_laterality
-from node.types import Laterality
 
 TEMPLATE_SIZE = 64  # pixels across the crop's field; matching runs at about 1 mm per pixel anyway
 

@@ -14,9 +14,10 @@ from typing import Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
-from node.model import KneeGrader, ModelSpec, forward_in_batches, save_model, softmax, standardize
+from node.analysis.model import KneeGrader, ModelSpec, autocast, forward_in_batches, save_model, softmax, standardize
 from node.training.calibrate import calibrate
 from node.training.data import KNEE_KL_FIELD_MM, augment, load_crops
 from node.training.metrics import grading_metrics
@@ -41,6 +42,7 @@ class TrainOptions:
     loss: Loss = "sord"
     field_mm: float = KNEE_KL_FIELD_MM
     seed: int = 0
+    ema_decay: float = 0.999  # per step, once warmed up; the averaged and the raw weights are validated
     device: str = "auto"
     resume: bool = False
 
@@ -64,6 +66,45 @@ def warmup_cosine(total_steps: int, warmup_fraction: float = 0.05) -> Callable[[
     warmup = max(1, round(total_steps * warmup_fraction))
     return lambda step: min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(step, total_steps)
                                                                             / total_steps))
+
+
+def training_batch(images: torch.Tensor, grades: torch.Tensor, index: torch.Tensor, size: int,
+                   generator: torch.Generator, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Augmented, standardised model inputs (B, 1, size, size), channels_last, and their grades: the uint8 crops
+    decoded once at start-up, everything after on whole batches in torch."""
+    batch = images[index].to(device, torch.float32)[:, None] / 255.0
+    inputs = standardize(augment(batch, size, generator))
+    return inputs.contiguous(memory_format=torch.channels_last), grades[index].to(device)
+
+
+def train_step(module: KneeGrader, optimizer: torch.optim.Optimizer, inputs: torch.Tensor, target: torch.Tensor,
+               weights: torch.Tensor, loss_kind: Loss, fp32: bool = False) -> float:
+    """One optimiser step at the node's precision (bf16 autocast where the hardware has it; `fp32`: plain fp32,
+    for comparison); returns the loss."""
+    with autocast(inputs.device, fp32):
+        logits = module(inputs).float()
+    if loss_kind == "sord":
+        per_sample = -(ordinal_targets(target, logits.shape[1]) * F.log_softmax(logits, 1)).sum(1)
+    else:
+        per_sample = F.cross_entropy(logits, target, reduction="none")
+    loss = (per_sample * weights[target]).mean()
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return float(loss)
+
+
+def ema_update(decay: float) -> Callable[[list[torch.Tensor], list[torch.Tensor], torch.Tensor | int], None]:
+    """An exponential moving average whose decay warms up, min(decay, (1 + n) / (10 + n)) after n updates, so
+    the average does not carry the random initialisation for thousands of steps (AveragedModel's multi_avg_fn)."""
+    @torch.no_grad()
+    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], updates: torch.Tensor | int) -> None:
+        if not averaged[0].is_floating_point():  # BatchNorm's step counters: the current count
+            torch._foreach_copy_(averaged, current)
+            return
+        n = int(updates)
+        torch._foreach_lerp_(averaged, current, 1 - min(decay, (1 + n) / (10 + n)))
+    return update
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -91,6 +132,7 @@ def train(options: TrainOptions) -> ModelSpec:
     checkpoint_path, best_path = work / "checkpoint.pt", work / "best.pt"
 
     module = KneeGrader(num_classes).to(device, memory_format=torch.channels_last)
+    ema = AveragedModel(module, multi_avg_fn=ema_update(options.ema_decay), use_buffers=True)
     steps_per_epoch = len(train_set.grades) // options.batch_size
     optimizer = torch.optim.AdamW(module.parameters(), lr=options.lr, weight_decay=options.weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(options.epochs * steps_per_epoch))
@@ -102,6 +144,7 @@ def train(options: TrainOptions) -> ModelSpec:
     if options.resume and checkpoint_path.is_file():
         state = torch.load(checkpoint_path, map_location=device, weights_only=False)
         module.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
         generator.set_state(state["generator"])
@@ -118,39 +161,33 @@ def train(options: TrainOptions) -> ModelSpec:
                    dynamic_ncols=True)
         for step in bar:
             index = order[step * options.batch_size:(step + 1) * options.batch_size]
-            batch = images[index].to(device, torch.float32)[:, None] / 255.0
-            target = grades[index].to(device)
-            inputs = standardize(augment(batch, size, generator))
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                logits = module(inputs.contiguous(memory_format=torch.channels_last)).float()
-            if options.loss == "sord":
-                per_sample = -(ordinal_targets(target, num_classes) * F.log_softmax(logits, 1)).sum(1)
-            else:
-                per_sample = F.cross_entropy(logits, target, reduction="none")
-            loss = (per_sample * weights[target]).mean()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            inputs, target = training_batch(images, grades, index, size, generator, device)
+            loss = train_step(module, optimizer, inputs, target, weights, options.loss)
             schedule.step()
-            total_loss += loss.item()
+            ema.update_parameters(module)
+            total_loss += loss
             bar.set_postfix(loss=f"{total_loss / (step + 1):.4f}", lr=f"{schedule.get_last_lr()[0]:.2e}")
-        val_logits, _ = forward_in_batches(module, val_set.images, size, device)  # as trained: a fair reading
-        val = grading_metrics(softmax(val_logits), val_set.grades)
-        row = {"epoch": epoch + 1, "size": size, "train_loss": round(total_loss / steps_per_epoch, 5),
-               "val_qwk": round(val["qwk"], 4), "val_accuracy": round(val["accuracy"], 4),
-               "val_mae": round(val["mae"], 4), "seconds": round(time.time() - started, 1)}
+        row: dict[str, object] = {"epoch": epoch + 1, "size": size,
+                                  "train_loss": round(total_loss / steps_per_epoch, 5)}
+        for name, candidate in (("ema", ema.module), ("raw", module)):
+            val_logits, _ = forward_in_batches(candidate, val_set.images, size, device)  # as trained: a fair reading
+            val = grading_metrics(softmax(val_logits), val_set.grades)
+            row.update({f"{name}_qwk": round(val["qwk"], 4), f"{name}_accuracy": round(val["accuracy"], 4),
+                        f"{name}_mae": round(val["mae"], 4)})
+            if size == options.image_size and val["qwk"] > best_qwk:  # only the size that ships can be shipped
+                best_qwk, row["best"] = val["qwk"], name
+                torch.save(candidate.state_dict(), best_path)
+        row["seconds"] = round(time.time() - started, 1)
         history.append(row)
-        improved = size == options.image_size and val["qwk"] > best_qwk  # only the size that ships can be shipped
-        if improved:
-            best_qwk = val["qwk"]
-            torch.save(module.state_dict(), best_path)
-        tqdm.write(" ".join(f"{k}={v}" for k, v in row.items()) + (" *best" if improved else ""))
-        torch.save({"model": module.state_dict(), "optimizer": optimizer.state_dict(),
+        tqdm.write(" ".join(f"{k}={v}" for k, v in row.items()))
+        torch.save({"model": module.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
                     "schedule": schedule.state_dict(), "generator": generator.get_state(),
                     "torch_rng": torch.get_rng_state(), "history": history, "best_qwk": best_qwk,
                     "epoch": epoch}, checkpoint_path)
 
-    module.load_state_dict(torch.load(best_path, map_location=device, weights_only=True))
+    # Calibrated as shipped: the weights rounded to fp16, as model.safetensors stores them.
+    module.load_state_dict({k: v.half().float() if v.is_floating_point() else v
+                            for k, v in torch.load(best_path, map_location=device, weights_only=True).items()})
     provisional = ModelSpec(name=options.name, version=options.version, input_size=options.image_size,
                             class_names=KL_CLASSES, temperature=1.0, field_mm=options.field_mm,
                             attention_threshold=0.0, confidence_threshold=0.0)

@@ -20,8 +20,8 @@ from pydicom.dataelem import RawDataElement
 from pydicom.tag import Tag
 from pydicom.uid import JPEG2000Lossless
 
-from node.synthetic import compose, encode
 from node.training.data import CropSet
+from tools.synthetic import compose, encode
 
 OK, SKIPPED, ERROR = "ok", "skipped", "error"
 

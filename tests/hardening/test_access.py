@@ -19,9 +19,9 @@ from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.sop_class import CTImageStorage, Verification  # type: ignore[attr-defined]
 
 from node.scu import echo, send
-from node.synthetic import compose
 from node.training.data import CropSet
 from tests.helpers import NodeProcess, StoreScp, require_tool, wait_until
+from tools.synthetic import compose
 
 CT = Path(get_testdata_file("CT_small.dcm", download=False))
 MAX_PDU = 16384

@@ -13,11 +13,11 @@ import pytest
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
 
-from node.logs import PSEUDONYM_KEY_FILE, pseudonym
+from node.infra.logs import PSEUDONYM_KEY_FILE, pseudonym
 from node.scu import send
-from node.synthetic import compose
 from node.training.data import CropSet
 from tests.helpers import NodeProcess, StoreScp, wait_until
+from tools.synthetic import compose
 
 NAME, PATIENT_ID, BIRTH_DATE = "Quistorpf^Xaveria^Ottilie", "PHI8675309", "19370415"
 # What would betray the patient in any spelling: name parts, the ID, the birth date with or without separators.

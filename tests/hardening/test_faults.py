@@ -21,9 +21,9 @@ import pytest
 from pynetdicom import evt
 
 from node.scu import Sent, send
-from node.synthetic import compose
 from node.training.data import CropSet
 from tests.helpers import NodeProcess, StoreScp, wait_until
+from tools.synthetic import compose
 
 SC = "1.2.840.10008.5.1.4.1.1.7"
 COUNT = 6

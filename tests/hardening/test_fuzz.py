@@ -11,13 +11,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from node.decode import DecodeError, read_radiograph
+from node.analysis.decode import read_radiograph
+from node.instances import DecodeError
 from node.scu import echo, send
-from node.synthetic import compose, encode
 from node.training.data import CropSet
 from tests.hardening.corpus import write
 from tests.hardening.fuzzing import Edit, apply, edits
 from tests.helpers import NodeProcess
+from tools.synthetic import compose, encode
 
 ACKNOWLEDGED_OR_REFUSED = {0x0000, 0xA700, 0xA900, 0xC000}
 

@@ -21,9 +21,9 @@ import pydicom
 import pytest
 
 from node.scu import send
-from node.synthetic import compose
 from node.training.data import CropSet
 from tests.helpers import NodeProcess, memory_mb
+from tools.synthetic import compose
 
 SENDERS, PER_SENDER, QUEUE_BOUND = 8, 50, 16
 SUCCESS, OUT_OF_RESOURCES = 0x0000, 0xA700

@@ -8,13 +8,13 @@ import numpy as np
 import pydicom
 import pytest
 
-from node.analyze import Analyzer
-from node.decode import decode
-from node.model import Grader
-from node.report import Device
-from node.synthetic import bilateral_pairs, compose
+from node.analysis.decode import decode
+from node.analysis.grading import Analyzer
+from node.analysis.model import Grader
+from node.domain import Analysis
+from node.report import Equipment
 from node.training.data import CropSet
-from node.types import Analysis
+from tools.synthetic import bilateral_pairs, compose
 
 
 @pytest.fixture(scope="package")
@@ -23,8 +23,8 @@ def analyzer(model_dir: Path) -> Analyzer:
 
 
 @pytest.fixture(scope="package")
-def device() -> Device:
-    return Device(name="KNEE_NODE", serial_number="TEST-1")
+def equipment() -> Equipment:
+    return Equipment(name="KNEE_NODE", serial_number="TEST-1")
 
 
 def analyse(analyzer: Analyzer, crops: CropSet, indices: Sequence[int], **options: object) -> Analysis:

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import numpy as np
 
-from node.analyze import Analyzer
-from node.report import Device
+from node.analysis.grading import Analyzer
+from node.domain import Analysis, KneeResult, KneeRoi, Laterality, Radiograph, Reliability
+from node.report import Equipment
 from node.report.sc import MAX_SIDE, build_sc, knee_label, render
-from node.types import Analysis, KneeResult, KneeRoi, Laterality, Radiograph, Reliability
 from tests.helpers import dciodvfy_errors
 
 
@@ -27,8 +27,8 @@ def roi_box(knee: KneeResult, scale: float) -> tuple[int, int, int, int]:
 
 
 def test_sc_is_a_valid_derived_image_of_the_source(tmp_path: Path, graded: Analysis, analyzer: Analyzer,
-                                                   device: Device) -> None:
-    sc = build_sc(graded, analyzer.spec, device)
+                                                   equipment: Equipment) -> None:
+    sc = build_sc(graded, analyzer.spec, equipment)
     sc.save_as(tmp_path / "sc.dcm", enforce_file_format=True)
     assert dciodvfy_errors(tmp_path / "sc.dcm") == []
     source = graded.radiograph.header
@@ -69,14 +69,14 @@ def test_a_bilateral_sc_shows_each_knee_with_its_own_label(bilateral: Analysis, 
     assert sorted(knee_label(knee)[0] for knee in bilateral.knees) == ["L", "R"]
 
 
-def test_sc_without_a_graded_knee_has_no_heatmap(not_graded: Analysis, analyzer: Analyzer, device: Device,
+def test_sc_without_a_graded_knee_has_no_heatmap(not_graded: Analysis, analyzer: Analyzer, equipment: Equipment,
                                                  tmp_path: Path) -> None:
     pixels = render(not_graded, analyzer.spec)
     colour = colourful(pixels)
     rows = pixels.shape[0]
     assert colour[rows // 12:-rows // 10].sum() == 0
     assert colour[: rows // 12].any()  # the reason, in amber, and the legend
-    sc = build_sc(not_graded, analyzer.spec, device)
+    sc = build_sc(not_graded, analyzer.spec, equipment)
     sc.save_as(tmp_path / "sc.dcm", enforce_file_format=True)
     assert dciodvfy_errors(tmp_path / "sc.dcm") == []
 
@@ -92,6 +92,6 @@ def test_large_radiographs_are_rendered_at_most_max_side(graded: Analysis, analy
 
 
 def test_knee_label() -> None:
-    roi = KneeRoi(center=(500, 400), half_size=(300, 300), laterality=Laterality.RIGHT, confidence=1.0)
+    roi = KneeRoi(center=(500, 400), half_size=(300, 300), laterality=Laterality.RIGHT)
     knee = KneeResult(roi, (0.02, 0.1, 0.78, 0.08, 0.02), 0.6, Reliability.NO_CONCERN, np.zeros((7, 7)))
     assert knee_label(knee) == "R KL 2 (78%)"

@@ -11,18 +11,18 @@ import numpy as np
 import pytest
 from pydicom.sr.codedict import codes
 
-from node.analyze import Analyzer
-from node.report import Device, build_outputs
+from node.analysis.grading import Analyzer
+from node.domain import Analysis, Laterality
+from node.report import Equipment, build_outputs
 from node.report.sr import build_sr
 from node.training.data import CropSet
-from node.types import Analysis, Laterality
 from tests.helpers import dciodvfy_errors, require_tool
 from tests.report.conftest import analyse
 
 
-def written(tmp_path: Path, analysis: Analysis, analyzer: Analyzer, device: Device) -> Path:
+def written(tmp_path: Path, analysis: Analysis, analyzer: Analyzer, equipment: Equipment) -> Path:
     path = tmp_path / "sr.dcm"
-    build_sr(analysis, analyzer.spec, device).save_as(path, enforce_file_format=True)
+    build_sr(analysis, analyzer.spec, equipment).save_as(path, enforce_file_format=True)
     return path
 
 
@@ -31,8 +31,8 @@ def dsrdump(path: Path, *options: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_sr_is_valid_and_dsrdump_reads_it_without_warnings(tmp_path: Path, graded: Analysis, analyzer: Analyzer,
-                                                           device: Device) -> None:
-    path = written(tmp_path, graded, analyzer, device)
+                                                           equipment: Equipment) -> None:
+    path = written(tmp_path, graded, analyzer, equipment)
     assert dciodvfy_errors(path) == []
     dump = dsrdump(path)
     assert dump.returncode == 0
@@ -41,9 +41,9 @@ def test_sr_is_valid_and_dsrdump_reads_it_without_warnings(tmp_path: Path, grade
 
 
 def test_sr_round_trips_through_highdicom(tmp_path: Path, graded: Analysis, analyzer: Analyzer,
-                                          device: Device) -> None:
+                                          equipment: Equipment) -> None:
     knee = graded.knees[0]
-    sr = hd.sr.srread(written(tmp_path, graded, analyzer, device))
+    sr = hd.sr.srread(written(tmp_path, graded, analyzer, equipment))
     assert sr.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.33"
     assert (sr.CompletionFlag, sr.VerificationFlag, sr.PreliminaryFlag) == ("COMPLETE", "UNVERIFIED", "PRELIMINARY")
     assert sr.Modality == "SR" and sr.StudyInstanceUID == graded.radiograph.header.StudyInstanceUID
@@ -83,8 +83,8 @@ def test_sr_round_trips_through_highdicom(tmp_path: Path, graded: Analysis, anal
 
 
 def test_a_bilateral_radiograph_gives_one_measurement_group_per_knee(tmp_path: Path, bilateral: Analysis,
-                                                                    analyzer: Analyzer, device: Device) -> None:
-    path = written(tmp_path, bilateral, analyzer, device)
+                                                                    analyzer: Analyzer, equipment: Equipment) -> None:
+    path = written(tmp_path, bilateral, analyzer, equipment)
     assert dciodvfy_errors(path) == []
     groups = hd.sr.srread(path).content.get_planar_roi_measurement_groups()
     assert sorted(group.tracking_identifier for group in groups) == ["Left knee", "Right knee"]
@@ -96,8 +96,8 @@ def test_a_bilateral_radiograph_gives_one_measurement_group_per_knee(tmp_path: P
 
 
 def test_sr_without_a_graded_knee_says_why(tmp_path: Path, not_graded: Analysis, analyzer: Analyzer,
-                                           device: Device) -> None:
-    path = written(tmp_path, not_graded, analyzer, device)
+                                           equipment: Equipment) -> None:
+    path = written(tmp_path, not_graded, analyzer, equipment)
     assert dciodvfy_errors(path) == []
     sr = hd.sr.srread(path)
     assert sr.content.get_planar_roi_measurement_groups() == []
@@ -109,21 +109,21 @@ def test_sr_without_a_graded_knee_says_why(tmp_path: Path, not_graded: Analysis,
 
 
 def test_output_uids_depend_only_on_source_and_model_version(graded: Analysis, analyzer: Analyzer,
-                                                             device: Device) -> None:
-    first = build_outputs(graded, analyzer.spec, device)
-    again = build_outputs(graded, analyzer.spec, device)
+                                                             equipment: Equipment) -> None:
+    first = build_outputs(graded, analyzer.spec, equipment)
+    again = build_outputs(graded, analyzer.spec, equipment)
     for one, two in zip(first, again, strict=True):
         assert (one.SOPInstanceUID, one.SeriesInstanceUID) == (two.SOPInstanceUID, two.SeriesInstanceUID)
-    newer = build_outputs(graded, replace(analyzer.spec, version="9.9.9"), device)
+    newer = build_outputs(graded, replace(analyzer.spec, version="9.9.9"), equipment)
     assert {o.SOPInstanceUID for o in first}.isdisjoint(o.SOPInstanceUID for o in newer)
     assert len({o.SOPInstanceUID for o in first} | {o.SeriesInstanceUID for o in first}) == 4
 
 
-def test_patient_study_and_character_set_are_carried_over(tmp_path: Path, analyzer: Analyzer, device: Device,
+def test_patient_study_and_character_set_are_carried_over(tmp_path: Path, analyzer: Analyzer, equipment: Equipment,
                                                           val_crops: CropSet) -> None:
     analysis = analyse(analyzer, val_crops, [11], non_ascii_name=True)
     source = analysis.radiograph.header
-    for output in build_outputs(analysis, analyzer.spec, device):
+    for output in build_outputs(analysis, analyzer.spec, equipment):
         for keyword in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyInstanceUID",
                         "AccessionNumber", "StudyDate", "SpecificCharacterSet"):
             assert str(output.get(keyword)) == str(source.get(keyword)), keyword

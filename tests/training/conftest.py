@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import KNEE_KL
+from tools import KNEE_KL
 
 
 def small_split(source: Path, target: Path, per_grade: int) -> None:

@@ -10,7 +10,7 @@ from node.cli import main
 from node.config import DEFAULT_MODEL_DIR
 from node.training.evaluate import average_ranks, spearman
 from node.training.train import TrainOptions, train
-from tests.helpers import KNEE_KL
+from tools import KNEE_KL
 
 
 @pytest.fixture(scope="module")
@@ -22,8 +22,9 @@ def trained(small_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
 
 def test_evaluate_prints_figures_and_ends_with_one_json_line(
         trained: Path, small_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    gallery = tmp_path / "gallery"
     assert main(["evaluate", "--data", str(small_dataset / "val"), "--model", str(trained), "--json", "--plots",
-                 str(tmp_path), "--cam-sanity", "--device", "cpu"]) == 0
+                 str(tmp_path), "--cam-sanity", "--gallery", str(gallery), "--compare-fp32", "--device", "cpu"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     figures = json.loads(lines[-1])
     assert {"accuracy", "qwk", "mae", "macro_f1", "ece"} <= figures.keys()
@@ -31,6 +32,13 @@ def test_evaluate_prints_figures_and_ends_with_one_json_line(
     assert -1 <= figures["cam_randomization_rank_correlation"] <= 1
     assert (tmp_path / "confusion.png").stat().st_size > 0 and (tmp_path / "reliability.png").stat().st_size > 0
     assert any(line.strip().startswith("qwk") for line in lines)
+    assert 0 <= figures["fp32_same_grade"] <= 1 and 0 <= figures["brier"] <= 2
+    errors = round((1 - figures["accuracy"]) * 20)
+    summary = json.loads((gallery / "summary.json").read_text())
+    assert summary == figures["gallery"] and summary["errors"] == errors
+    assert sum(summary["errors_by_distance"].values()) == errors
+    page = (gallery / "index.html").read_text()
+    assert page.count("<figure>") == errors == len(list((gallery / "images").glob("*.png")))
 
 
 def test_average_ranks_share_ties() -> None:

@@ -3,8 +3,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from node.model import softmax
+from node.analysis.model import softmax
 from node.training.metrics import (
+    adaptive_calibration_error,
+    brier_score,
     confusion_matrix,
     expected_calibration_error,
     fit_temperature,
@@ -51,3 +53,14 @@ def test_temperature_fit_recovers_the_temperature_that_made_the_labels() -> None
     logits = rng.normal(0, 4, (20000, 5))
     truth = np.array([rng.choice(5, p=p) for p in softmax(logits, 2.5)])
     assert fit_temperature(logits, truth) == pytest.approx(2.5, rel=0.05)
+
+
+def test_brier_score_and_adaptive_calibration_error_by_hand() -> None:
+    probabilities = np.array([[0.8, 0.2], [0.6, 0.4], [0.3, 0.7], [0.9, 0.1]])
+    truth = np.array([0, 1, 1, 0])
+    # (0.04 + 0.04) + (0.36 + 0.36) + (0.09 + 0.09) + (0.01 + 0.01), over 4
+    assert brier_score(probabilities, truth) == pytest.approx(1.0 / 4)
+    # Two equal-mass bins by confidence: {0.6 wrong, 0.7 right} and {0.8 right, 0.9 right}.
+    assert adaptive_calibration_error(probabilities, truth, bins=2) == pytest.approx((2 * 0.15 + 2 * 0.15) / 4)
+    perfect = np.eye(2)[truth]
+    assert brier_score(perfect, truth) == 0 and adaptive_calibration_error(perfect, truth) == 0

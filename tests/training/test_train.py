@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from node.model import Grader, ModelSpec, sha256_of
+from node.analysis.model import Grader, ModelSpec, sha256_of
 from node.training.calibrate import low_confidence_threshold
 from node.training.data import load_crops
 from node.training.train import TrainOptions, ordinal_targets, train

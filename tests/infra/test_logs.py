@@ -7,7 +7,7 @@ from pathlib import Path
 
 from pydicom import Dataset
 
-from node.logs import instance_fields, pseudonym, pseudonym_key
+from node.infra.logs import instance_fields, pseudonym, pseudonym_key
 
 
 def test_the_key_is_made_once_and_the_pseudonym_depends_on_it(tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 
 from pydicom import Dataset
 
-from node.storage import create_durably
+from node.infra.storage import create_durably
 
 LOGGER = logging.getLogger("knee_node")
 PSEUDONYM_KEY_FILE = "pseudonym.key"

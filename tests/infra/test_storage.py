@@ -5,7 +5,7 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from node.storage import create_durably, is_valid_uid, write_durably
+from node.infra.storage import create_durably, is_valid_uid, write_durably
 
 
 def test_write_durably_replaces_the_file_and_leaves_no_temporary(tmp_path: Path) -> None:

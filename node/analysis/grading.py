@@ -7,10 +7,10 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
-from node.attention import joint_attention
-from node.localize import Localizer
-from node.model import Grader, ModelSpec
-from node.types import Analysis, KneeResult, KneeRoi, Radiograph, Reliability
+from node.analysis.attention import joint_attention
+from node.analysis.localize import Localizer
+from node.analysis.model import Grader, ModelSpec
+from node.domain import Analysis, KneeResult, KneeRoi, Radiograph, Reliability
 
 
 def crop(image: np.ndarray, roi: KneeRoi, size: int) -> np.ndarray:

@@ -9,14 +9,14 @@ import pytest
 from pydicom import Dataset
 from pydicom.data import get_testdata_file
 
-from node.analyze import Analyzer
+from node.analysis.decode import decode, read_radiograph
+from node.analysis.grading import Analyzer
+from node.analysis.localize import Localizer, view_not_graded
+from node.analysis.model import Grader
 from node.config import DEFAULT_MODEL_DIR
-from node.decode import decode, read_radiograph
-from node.localize import Localizer, view_not_graded
-from node.model import Grader
-from node.synthetic import Composite, bilateral_pairs, compose
+from node.domain import KneeRoi, Laterality, Radiograph
 from node.training.data import KNEE_KL_FIELD_MM, CropSet
-from node.types import KneeRoi, Laterality, Radiograph
+from tools.synthetic import Composite, bilateral_pairs, compose
 
 
 @pytest.fixture(scope="module")

@@ -16,32 +16,10 @@ import pydicom
 from pydicom import Dataset
 from pydicom.pixels import apply_modality_lut, apply_voi
 from pydicom.pixels.decoders import JPEG2000Decoder, JPEG2000LosslessDecoder
-from pydicom.uid import (
-    JPEG2000,
-    UID,
-    DeflatedExplicitVRLittleEndian,
-    ExplicitVRBigEndian,
-    ExplicitVRLittleEndian,
-    ImplicitVRLittleEndian,
-    JPEG2000Lossless,
-    JPEGBaseline8Bit,
-    JPEGExtended12Bit,
-    JPEGLossless,
-    JPEGLosslessSV1,
-    JPEGLSLossless,
-    JPEGLSNearLossless,
-    RLELossless,
-)
 
-from node.types import Radiograph
+from node.domain import Radiograph
+from node.instances import DecodeError, read
 
-# What the decoders installed with the node read (pydicom, pylibjpeg-libjpeg/openjpeg/rle, pyjpegls); the SCP
-# accepts exactly these.
-SUPPORTED_TRANSFER_SYNTAXES: tuple[UID, ...] = (
-    ExplicitVRLittleEndian, ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian,
-    JPEGBaseline8Bit, JPEGExtended12Bit, JPEGLossless, JPEGLosslessSV1, JPEGLSLossless, JPEGLSNearLossless,
-    JPEG2000Lossless, JPEG2000, RLELossless,
-)
 MIN_SIDE, MAX_SIDE = 64, 16384
 PERCENTILE_WINDOW = (1.0, 99.0)  # used when the image carries no VOI
 
@@ -52,37 +30,8 @@ for _decoder in (JPEG2000LosslessDecoder, JPEG2000Decoder):
     _decoder.add_plugin("pylibjpeg", ("pydicom.pixels.decoders.pylibjpeg", "_decode_frame"))
 
 
-class DecodeError(ValueError):
-    """The input cannot become a radiograph; str() is a one-line reason for the user."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(" ".join(reason.split()))  # decoders' messages can span lines
-
-
-def read_header(source: str | Path | BinaryIO) -> Dataset:
-    """Parse everything but the pixel data (cheap: for selection before any decode)."""
-    return read(source, stop_before_pixels=True)
-
-
 def read_radiograph(source: str | Path | BinaryIO) -> Radiograph:
     return decode(read(source, stop_before_pixels=False))
-
-
-def read(source: str | Path | BinaryIO, stop_before_pixels: bool) -> Dataset:
-    """A DICOM file, with or without file meta; anything else is a DecodeError."""
-    try:
-        dataset = pydicom.dcmread(source, stop_before_pixels=stop_before_pixels, force=True)
-    except Exception as error:
-        raise DecodeError(f"not a readable DICOM file ({type(error).__name__}: {error})") from None
-    if "SOPClassUID" not in dataset:
-        if not dataset.file_meta:
-            raise DecodeError("not a DICOM file (neither file meta information nor a SOP Class UID)")
-        raise DecodeError("no SOP Class UID: a truncated or malformed DICOM file")
-    if "TransferSyntaxUID" not in dataset.file_meta:  # a bare dataset: the encoding it was read in says it
-        implicit, little = dataset.original_encoding
-        dataset.file_meta.TransferSyntaxUID = (ImplicitVRLittleEndian if implicit else
-                                               ExplicitVRLittleEndian if little else ExplicitVRBigEndian)
-    return dataset
 
 
 def decode(dataset: Dataset) -> Radiograph:

@@ -12,9 +12,10 @@ from pydicom import Dataset, dcmwrite
 from pydicom.data import get_testdata_file
 from pydicom.uid import JPEGBaseline8Bit
 
-from node.decode import SUPPORTED_TRANSFER_SYNTAXES, DecodeError, decode, pixel_spacing, read_radiograph
-from node.synthetic import LOSSY_SYNTAXES, SYNTAX_BITS, SYNTAXES, Composite, compose, encode
+from node.analysis.decode import decode, pixel_spacing, read_radiograph
+from node.instances import SUPPORTED_TRANSFER_SYNTAXES, DecodeError
 from node.training.data import CropSet
+from tools.synthetic import LOSSY_SYNTAXES, SYNTAX_BITS, SYNTAXES, Composite, compose, encode
 
 SPACING = 0.35  # mm: small radiographs, fast tests
 

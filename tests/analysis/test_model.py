@@ -10,8 +10,17 @@ import torch.nn.functional as F
 from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.utils.image import scale_cam_image
 
+from node.analysis.model import (
+    SPEC_FILE,
+    WEIGHTS_FILE,
+    Grader,
+    KneeGrader,
+    ModelSpec,
+    autocast_dtype,
+    softmax,
+    standardize,
+)
 from node.config import DEFAULT_MODEL_DIR
-from node.model import SPEC_FILE, WEIGHTS_FILE, Grader, KneeGrader, ModelSpec, softmax, standardize
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +83,9 @@ def test_grader_loads_saved_model_and_batches(model_dir: Path) -> None:
     np.testing.assert_allclose(probabilities.sum(1), 1, atol=1e-5)
     assert cams.shape == (3, 7, 7) and (cams >= 0).all()
     one, _ = grader.predict(crops[1:2])
-    np.testing.assert_allclose(one[0], probabilities[1], atol=1e-5)  # batch composition does not matter
+    # Batch composition does not matter, up to bf16 rounding where the CPU runs bf16 (oneDNN blocks by batch).
+    tolerance = 1e-3 if autocast_dtype(grader.device) else 1e-5
+    np.testing.assert_allclose(one[0], probabilities[1], atol=tolerance)
 
 
 def test_grader_applies_temperature(model_dir: Path, tmp_path: Path) -> None:

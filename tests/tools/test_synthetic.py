@@ -22,7 +22,11 @@ from pydicom.uid import (
     RLELossless,
 )
 
-from node.synthetic import (
+from node.domain import Laterality
+from node.training.data import CropSet
+from tests.helpers import require_tool
+from tools import KNEE_KL
+from tools.synthetic import (
     LOSSY_SYNTAXES,
     SYNTAX_BITS,
     SYNTAXES,
@@ -33,9 +37,6 @@ from node.synthetic import (
     jpeg_ls_near,
     write_composites,
 )
-from node.training.data import CropSet
-from node.types import Laterality
-from tests.helpers import KNEE_KL, require_tool
 
 SPACING = 0.35  # mm: small images, fast tests
 # Lossy syntaxes other than JPEG-LS near-lossless (whose bound is exact): mean and largest error allowed, as a

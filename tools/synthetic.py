@@ -6,15 +6,20 @@ a soft-tissue silhouette that fades to the direct-exposure background.  A lead m
 complete the picture.  The display image is then stored in the requested DICOM encoding (bit depth,
 photometric interpretation, Modality LUT, VOI, spacing attribute, transfer syntax), so readers can be tested
 against a known display image, known knee positions and known grades.
+
+`python -m tools.synthetic --data ../shared/datasets/knee-kl/val --out demo/ -n 10` writes a folder of them (the
+JPEG baseline, extended and lossless syntaxes are encoded by DCMTK's dcmcjpeg).
 """
 
 from __future__ import annotations
 
+import argparse
 import copy
 import datetime
 import json
 import shutil
 import subprocess
+import sys
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -45,8 +50,8 @@ from pydicom.uid import (
     generate_uid,
 )
 
+from node.domain import Laterality
 from node.training.data import KNEE_KL_FIELD_MM, CropSet, crop_laterality, load_crops
-from node.types import Laterality
 
 Bits = Literal[8, 12, 16]
 Photometric = Literal["MONOCHROME1", "MONOCHROME2"]
@@ -662,3 +667,30 @@ def write_composites(data_dir: Path, out_dir: Path, count: int, *, bilateral_fra
         })
     (out_dir / "truth.json").write_text(json.dumps(records, indent=2) + "\n")
     return records
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tools.synthetic", description="knee radiographs (DICOM) from "
+                                     "knee-kl crops, with truth.json")
+    parser.add_argument("--data", type=Path, required=True, help="a knee-kl split folder, e.g. .../knee-kl/val")
+    parser.add_argument("--out", type=Path, required=True, help="folder for NNNN.dcm and truth.json")
+    parser.add_argument("-n", "--count", type=int, default=20)
+    parser.add_argument("--bilateral-fraction", type=float, default=0.5)
+    parser.add_argument("--syntax", action="append", metavar="UID", help="transfer syntax (repeatable; default: all)")
+    parser.add_argument("--spacing-mm", type=float, default=0.15, help="pixel spacing of the radiographs")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    try:
+        records = write_composites(args.data, args.out, args.count, bilateral_fraction=args.bilateral_fraction,
+                                   syntaxes=args.syntax or [str(s) for s in SYNTAXES], seed=args.seed,
+                                   spacing_mm=args.spacing_mm)
+    except (OSError, ValueError) as error:
+        print(f"synthetic: {error}", file=sys.stderr)
+        return 1
+    knees = sum(len(record["knees"]) for record in records)
+    print(f"wrote {len(records)} radiographs ({knees} knees) and truth.json to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

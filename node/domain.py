@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 import numpy as np
 from pydicom import Dataset
@@ -40,7 +41,6 @@ class KneeRoi:
     center: tuple[float, float]  # (row, column) in source pixels
     half_size: tuple[float, float]  # (rows, columns) in source pixels
     laterality: Laterality
-    confidence: float
 
     @property
     def corners(self) -> np.ndarray:
@@ -65,6 +65,18 @@ class KneeResult:
     @property
     def confidence(self) -> float:
         return float(max(self.probabilities))
+
+    def summary(self) -> dict[str, Any]:
+        """What `knee-node analyze --json`, the log and the audit trail say of a graded knee."""
+        return {
+            "laterality": self.roi.laterality.value,
+            "grade": self.grade,
+            "confidence": round(self.confidence, 4),
+            "probabilities": [round(p, 4) for p in self.probabilities],
+            "attention": round(self.attention, 4),
+            "reliability": self.reliability.value,
+            "roi": [round(float(v), 1) for v in (*self.roi.center, *self.roi.half_size)],
+        }
 
 
 @dataclass(frozen=True)

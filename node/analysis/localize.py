@@ -23,15 +23,15 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from pathlib import Path
+from importlib import resources
 
 import cv2
 import numpy as np
 from pydicom import Dataset
 
-from node.types import KneeRoi, Laterality, Radiograph
+from node.domain import KneeRoi, Laterality, Radiograph
 
-TEMPLATE = Path(__file__).resolve().parent / "assets" / "knee_template.png"
+TEMPLATE = resources.files("node.analysis").joinpath("assets/knee_template.png")
 WORK_MM = 1.0  # search resolution
 REFINE_MM = 0.5  # centre refinement resolution
 SCALES = (0.9, 1.0, 1.1)  # knee size around the training field, spacing known
@@ -67,9 +67,7 @@ def view_not_graded(header: Dataset) -> str:
 
 class Localizer:
     def __init__(self, field_mm: float) -> None:
-        template = cv2.imread(str(TEMPLATE), cv2.IMREAD_GRAYSCALE)
-        if template is None:
-            raise FileNotFoundError(f"localizer template {TEMPLATE} missing")
+        template = cv2.imdecode(np.frombuffer(TEMPLATE.read_bytes(), np.uint8), cv2.IMREAD_GRAYSCALE)
         self.template = template.astype(np.float32) / 255
         self.field_mm = field_mm
 
@@ -95,8 +93,7 @@ class Localizer:
             row, col = self.refine(refined, knee)
             rois.append(KneeRoi(center=(row * REFINE_MM / spacing[0], col * REFINE_MM / spacing[1]),
                                 half_size=(half / spacing[0], half / spacing[1]),
-                                laterality=self.laterality(radiograph, knee, len(knees), work.shape[1]),
-                                confidence=round(min(1.0, knee.score), 3)))
+                                laterality=self.laterality(radiograph, knee, len(knees), work.shape[1])))
         return rois, ""
 
     def estimate_spacing(self, image: np.ndarray) -> tuple[float, float]:

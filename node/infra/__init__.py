@@ -1,0 +1,1 @@
+"""Shared services of every stage: durable files, logs, metrics, audit trail, TLS."""
