@@ -15,7 +15,7 @@ from pydicom.data import get_testdata_file
 from node.cli import main
 from tests.helpers import dciodvfy_errors
 from tools import KNEE_KL
-from tools.synthetic import SYNTAXES, write_composites
+from tools.synthetic import SYNTAXES, minimal_header, write_composites
 
 RG1 = Path(get_testdata_file("RG1_UNCI.dcm", download=False))
 
@@ -53,6 +53,18 @@ def test_twenty_knees_in_mixed_syntaxes_are_all_graded(knees: Path, model_dir: P
         assert [Path(p).name[:3] for p in result["outputs"]] == ["sc-", "sr-"]
     assert len(list(tmp_path.glob("*.dcm"))) == 40
     assert dciodvfy_errors(Path(results[0]["outputs"][0])) == []
+
+
+def test_a_radiograph_with_only_type_1_attributes_gets_valid_results(knees: Path, model_dir: Path, tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """As anonymisers leave them: no patient name, ID, birth date, sex, study date, accession number, ..."""
+    source = tmp_path / "minimal.dcm"
+    minimal_header(pydicom.dcmread(knees / "0001.dcm")).save_as(source, enforce_file_format=True)
+    code, (result,), errors = run_json(capsys, str(source), "--out", str(tmp_path / "out"), "--model", str(model_dir))
+    assert code == 0 and errors == "" and result["status"] == "ok", result
+    for output in result["outputs"]:
+        assert dciodvfy_errors(Path(output)) == [], output
+        assert pydicom.dcmread(output).PatientBirthDate == ""
 
 
 def test_a_chest_radiograph_is_skipped_with_a_reason(model_dir: Path, tmp_path: Path,

@@ -18,7 +18,7 @@ from pynetdicom import AE
 
 from tests.helpers import NodeProcess, StoreScp, dciodvfy_errors, require_tool, wait_until
 from tools import KNEE_KL
-from tools.synthetic import write_composites
+from tools.synthetic import minimal_header, write_composites
 
 SC, SR = "1.2.840.10008.5.1.4.1.1.7", "1.2.840.10008.5.1.4.1.1.88.33"
 CR, DX = "1.2.840.10008.5.1.4.1.1.1", "1.2.840.10008.5.1.4.1.1.1.1"
@@ -89,6 +89,25 @@ def test_twenty_radiographs_from_three_senders_give_twenty_sc_and_twenty_sr(
                for p in destination.folder.glob("*.dcm") if pydicom.dcmread(p).SOPClassUID == SC}
     assert len(sources) == 20
     assert node.events("stopped")
+
+
+def test_a_radiograph_with_only_type_1_attributes_reaches_the_destination_as_valid_results(
+        knees: dict[str, list[Path]], model_dir: Path, tmp_path: Path) -> None:
+    source = tmp_path / "minimal.dcm"
+    minimal_header(pydicom.dcmread(knees[ExplicitVRLittleEndian][0])).save_as(source, enforce_file_format=True)
+    destination = StoreScp(tmp_path / "pacs").start()
+    node = NodeProcess(tmp_path, model_dir,
+                       destinations=[{"ae_title": "DEST", "host": "127.0.0.1", "port": destination.port}]).start()
+    try:
+        storescu(node.scp_port, [source])
+        assert destination.wait_for(2, timeout=120), f"got {len(destination.received)} of 2"
+    finally:
+        node.stop()
+        destination.stop()
+    assert sorted(sop_class for sop_class, _ in destination.received) == [SC, SR]
+    for path in destination.folder.glob("*.dcm"):
+        assert dciodvfy_errors(path) == [], path.name
+        assert pydicom.dcmread(path).PatientID == ""
 
 
 def test_kill_9_after_ten_acknowledged_loses_nothing_and_duplicates_nothing(

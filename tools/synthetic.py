@@ -628,6 +628,21 @@ def encode(dataset: Dataset, transfer_syntax_uid: str) -> Dataset:
     return result
 
 
+# Attributes the CR and DX IODs make Type 2 (present, maybe empty) that the composites carry: what an anonymiser or
+# a minimal modality may leave out.
+TYPE_2_KEYWORDS = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
+                   "AccessionNumber", "ReferringPhysicianName", "StudyID", "SeriesNumber", "InstanceNumber",
+                   "PatientOrientation")
+
+
+def minimal_header(dataset: Dataset) -> Dataset:
+    """A copy of `dataset` without any of TYPE_2_KEYWORDS: only what the IODs require to be there."""
+    stripped = copy.deepcopy(dataset)
+    for keyword in TYPE_2_KEYWORDS:
+        stripped.pop(keyword, None)
+    return stripped
+
+
 # --- a folder of test radiographs -------------------------------------------------------------------------------
 
 

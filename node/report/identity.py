@@ -33,6 +33,24 @@ class Equipment:
         return derived_uid("device", self.name, self.serial_number)  # "device": as before the rename, same UID
 
 
+# Patient and study attributes the outputs copy that are Type 2 in the source's IOD: present, maybe empty.
+TYPE_2_COPIED = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "AccessionNumber", "StudyID",
+                 "StudyDate", "StudyTime", "ReferringPhysicianName")
+
+
+def with_type_2(header: Dataset) -> Dataset:
+    """The source header with each of TYPE_2_COPIED present, empty where the source has none.
+
+    Anonymisers and some modalities leave them out; highdicom reads them as if always present.  The outputs then
+    copy what the source has and leave the rest empty, as Type 2 allows.
+    """
+    complete = Dataset(dict(header))  # a new mapping of the same elements: the source stays as it is
+    for keyword in TYPE_2_COPIED:
+        if keyword not in complete:
+            setattr(complete, keyword, None)
+    return complete
+
+
 def output_attributes(header: Dataset, spec: ModelSpec, equipment: Equipment,
                       kind: Literal["sc", "sr"]) -> dict[str, Any]:
     """UIDs derived from (source, model version), equipment, and the source's character set."""

@@ -12,7 +12,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 
 from node.analysis.model import ModelSpec
 from node.domain import Analysis, KneeResult, Reliability
-from node.report.identity import SC_SERIES_NUMBER, Equipment, output_attributes
+from node.report.identity import SC_SERIES_NUMBER, Equipment, output_attributes, with_type_2
 
 MAX_SIDE = 2048  # viewers show the overlay fitted to a screen; full detector resolution only costs storage
 DISCLAIMER = "AI result - not for primary diagnosis"
@@ -109,7 +109,7 @@ def build_sc(analysis: Analysis, spec: ModelSpec, equipment: Equipment) -> hd.sc
                          if len(orientation) == 2 and all(re.fullmatch("[APRLHF]{1,3}", str(v)) for v in orientation)
                          else None)
     sc = hd.sc.SCImage.from_ref_dataset(
-        ref_dataset=header,
+        ref_dataset=with_type_2(header),
         pixel_array=render(analysis, spec),
         photometric_interpretation="RGB",
         bits_allocated=8,

@@ -32,7 +32,7 @@ from pydicom.sr.codedict import codes
 from node.analysis.model import ModelSpec
 from node.domain import Analysis, KneeResult, Radiograph
 from node.report import codes as kl
-from node.report.identity import SR_SERIES_NUMBER, Equipment, output_attributes
+from node.report.identity import SR_SERIES_NUMBER, Equipment, output_attributes, with_type_2
 from node.report.uids import derived_uid
 
 ENGLISH = CodedConcept("en-US", "RFC5646", "English (United States)")
@@ -71,7 +71,7 @@ def build_sr(analysis: Analysis, spec: ModelSpec, equipment: Equipment) -> hd.sr
             name=codes.DCM.Comment, value=f"No knee graded: {analysis.reason}"[:1024], relationship_type=CONTAINS)])
         root.ContentSequence.append(evaluations)
     return hd.sr.ComprehensiveSR(
-        evidence=[header],
+        evidence=[with_type_2(header)],
         content=root,
         series_number=SR_SERIES_NUMBER,
         is_complete=True,
