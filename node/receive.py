@@ -11,13 +11,17 @@ import contextlib
 import errno
 import logging
 import shutil
+import ssl
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 from pynetdicom import AE, AllStoragePresentationContexts, _config, evt
+from pynetdicom.association import Association
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from pynetdicom.transport import ThreadedAssociationServer
 
 from node.config import Config
 from node.infra.audit import AuditLog
@@ -33,6 +37,34 @@ OUT_OF_RESOURCES = 0xA700
 DATASET_DOES_NOT_MATCH = 0xA900
 CANNOT_UNDERSTAND = 0xC000
 STALE_SECONDS = 600  # an incoming file untouched this long belongs to a transfer that was cut off
+# A connection that has not completed its TLS handshake, or sent its A-ASSOCIATE-RQ, this long after connecting
+# is closed: port scanners, health checks and stalled peers must not hold a place.
+REQUEST_DEADLINE_SECONDS = 5.0
+UNLIMITED = 2**31 - 1  # pynetdicom's own limit counts idle connections too; the receiver counts associations
+
+
+class PerConnectionTlsServer(ThreadedAssociationServer):
+    """pynetdicom's threaded server, with the TLS handshake in each connection's own thread and bounded in time.
+
+    pynetdicom shakes hands in the accept loop, so one connection that never starts the handshake stalled every
+    other peer until it went away.
+    """
+
+    tls: ssl.SSLContext | None = None
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        if self.tls is not None:
+            timeout = request.gettimeout()
+            try:
+                request.settimeout(REQUEST_DEADLINE_SECONDS)
+                request = self.tls.wrap_socket(request, server_side=True)
+                request.settimeout(timeout)
+            except OSError as error:  # ssl.SSLError and the deadline included
+                log_event("tls_handshake_failed", logging.WARNING, address=str(client_address[0]),
+                          reason=" ".join(str(error).split()) or type(error).__name__)
+                self.shutdown_request(request)
+                return
+        super().process_request_thread(request, client_address)
 
 
 class Receiver:
@@ -50,7 +82,10 @@ class Receiver:
         scp = config.scp
         self.ae = AE(scp.ae_title)
         self.ae.maximum_pdu_size = scp.max_pdu
-        self.ae.maximum_associations = scp.max_associations
+        self.ae.maximum_associations = UNLIMITED
+        self.ae.acse_timeout = REQUEST_DEADLINE_SECONDS  # also pynetdicom's ARTIM: the wait for A-ASSOCIATE-RQ
+        self.admission = threading.Lock()
+        self.admitted: list[Association] = []  # associations let in; the limit is on these
         self.ae.add_supported_context(Verification)
         for context in AllStoragePresentationContexts:
             self.ae.add_supported_context(context.abstract_syntax, list(SUPPORTED_TRANSFER_SYNTAXES))
@@ -66,11 +101,15 @@ class Receiver:
         tempfile.tempdir = str(self.incoming)  # pynetdicom's files go where tempfile puts them
         self.sweep()
         context = server_context(self.config.tls)
-        self.server = self.ae.start_server((scp.bind_address, scp.port), block=False, ssl_context=context,
-                                          evt_handlers=[(evt.EVT_REQUESTED, self.on_requested),
-                                                        (evt.EVT_C_ECHO, self.on_echo),
-                                                        (evt.EVT_C_STORE, self.on_store),
-                                                        (evt.EVT_CONN_CLOSE, self.on_closed)])
+        server = self.ae.make_server((scp.bind_address, scp.port), server_class=PerConnectionTlsServer,
+                                     evt_handlers=[(evt.EVT_REQUESTED, self.on_requested),
+                                                   (evt.EVT_C_ECHO, self.on_echo),
+                                                   (evt.EVT_C_STORE, self.on_store),
+                                                   (evt.EVT_CONN_CLOSE, self.on_closed)])
+        server.tls = context
+        threading.Thread(target=server.serve_forever, name="dicom-acceptor", daemon=True).start()
+        self.ae._servers.append(server)  # as AE.start_server does: server.shutdown() takes it out again
+        self.server = server
         port = int(self.server.server_address[1])
         log_event("listening", ae_title=scp.ae_title, address=scp.bind_address, port=port, tls=context is not None)
         return port
@@ -97,11 +136,23 @@ class Receiver:
         calling = event.assoc.requestor.primitive.calling_ae_title.strip()
         address = event.assoc.requestor.address
         if not self.allowed(calling, address):
-            log_event("association_rejected", logging.WARNING, calling_ae=calling, address=address,
-                      reason="calling AE title not allowed from this address")
-            # Permanent, by the service user, calling AE title not recognised; kill() waits until it is sent.
-            event.assoc.acse.send_reject(0x01, 0x01, 0x03)
-            event.assoc.kill()
+            # Permanent, by the service user, calling AE title not recognised.
+            self.reject(event.assoc, (0x01, 0x01, 0x03), calling, address,
+                        "calling AE title not allowed from this address")
+            return
+        with self.admission:
+            self.admitted = [association for association in self.admitted if association.is_alive()]
+            full = len(self.admitted) >= self.config.scp.max_associations
+            if not full:
+                self.admitted.append(event.assoc)
+        if full:  # transient, by the service provider, local limit exceeded: the peer may try again later
+            self.reject(event.assoc, (0x02, 0x03, 0x02), calling, address, "association limit reached")
+
+    def reject(self, association: Association, reason: tuple[int, int, int], calling: str, address: str,
+               why: str) -> None:
+        log_event("association_rejected", logging.WARNING, calling_ae=calling, address=address, reason=why)
+        association.acse.send_reject(*reason)
+        association.kill()  # waits until the rejection is sent
 
     def on_echo(self, event: evt.Event) -> int:
         return SUCCESS

@@ -3,10 +3,14 @@ allow-list by title and address, the limit on concurrent associations and the PD
 
 from __future__ import annotations
 
+import socket
 import ssl
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +22,7 @@ from pynetdicom.association import Association
 from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.sop_class import CTImageStorage, Verification  # type: ignore[attr-defined]
 
+from node.receive import REQUEST_DEADLINE_SECONDS
 from node.scu import echo, send
 from node.training.data import CropSet
 from tests.helpers import NodeProcess, StoreScp, require_tool, wait_until
@@ -78,6 +83,10 @@ def test_tls_scp_lets_in_only_callers_with_a_trusted_certificate_and_results_go_
                        destinations=[{"ae_title": "DEST", "host": "127.0.0.1", "port": destination.port,
                                       "tls": True}]).start()
     try:
+        with idle_connections(node.scp_port, 3):  # never start the handshake: must not hold up anyone else
+            started = time.monotonic()
+            assert echo(node.peer(), "TEST_SCU", tls=client(pki, "client")) == 0x0000
+            assert time.monotonic() - started < 3
         echoed = subprocess.run([sys.executable, "-m", "node.cli", "echo", f"KNEE_NODE@127.0.0.1:{node.scp_port}",
                                  "--calling-ae", "TEST_SCU", "--tls-ca", str(pki / "ca.crt"),
                                  "--tls-cert", str(pki / "client.crt"), "--tls-key", str(pki / "client.key")],
@@ -117,6 +126,51 @@ def associate(node: NodeProcess, calling: str, source: str = "127.0.0.1",
     ae.add_requested_context(CTImageStorage)
     return ae.associate("127.0.0.1", node.scp_port, ae_title="KNEE_NODE", bind_address=(source, 0),
                         evt_handlers=list(handlers))
+
+
+@contextmanager
+def idle_connections(port: int, count: int) -> Iterator[list[socket.socket]]:
+    """`count` TCP connections to the node that send nothing, as a port scanner or a TCP health check leaves them."""
+    sockets = [socket.create_connection(("127.0.0.1", port), timeout=30) for _ in range(count)]
+    try:
+        yield sockets
+    finally:
+        for held in sockets:
+            held.close()
+
+
+def test_idle_connections_use_no_association_place_and_are_closed_after_the_deadline(guarded: NodeProcess) -> None:
+    with idle_connections(guarded.scp_port, 6) as idle:  # three times the node's limit of two
+        started = time.monotonic()
+        held = [associate(guarded, "TEST_SCU") for _ in range(2)]
+        assert all(a.is_established for a in held) and time.monotonic() - started < 3
+        for association in held:
+            association.release()
+        assert all(connection.recv(1) == b"" for connection in idle)  # closed by the node
+        assert time.monotonic() - started < REQUEST_DEADLINE_SECONDS + 5
+
+
+def test_a_sender_dribbling_its_request_does_not_hold_up_others(guarded: NodeProcess) -> None:
+    slow = socket.create_connection(("127.0.0.1", guarded.scp_port), timeout=30)
+    request = bytes([0x01, 0x00]) + (200).to_bytes(4, "big") + bytes(200)  # an A-ASSOCIATE-RQ's start
+
+    def dribble() -> None:
+        for byte in request[:8]:
+            try:
+                slow.send(bytes([byte]))
+            except OSError:  # closed by the node: the point
+                return
+            time.sleep(1)
+
+    sender = threading.Thread(target=dribble, daemon=True)
+    sender.start()
+    started = time.monotonic()
+    association = associate(guarded, "TEST_SCU")
+    assert association.is_established and time.monotonic() - started < 3
+    assert association.send_c_echo().Status == 0x0000
+    association.release()
+    sender.join(30)
+    slow.close()
 
 
 def test_the_allow_list_checks_the_calling_ae_title_and_its_address(guarded: NodeProcess) -> None:
