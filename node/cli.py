@@ -21,9 +21,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     from node.training.train import TrainOptions, train
 
     try:
-        spec = train(TrainOptions(data=args.data, out=args.out, name=args.out.name, epochs=args.epochs,
-                                  batch_size=args.batch_size, lr=args.lr, image_size=args.image_size,
-                                  low_res_size=args.low_res_size, low_res_epochs=args.low_res_epochs,
+        spec = train(TrainOptions(data=args.data, out=args.out, name=args.out.name, version=args.version,
+                                  epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                                  image_size=args.image_size, low_res_size=args.low_res_size,
+                                  low_res_epochs=args.low_res_epochs,
                                   loss=args.loss, seed=args.seed, device=args.device, resume=args.resume))
     except (OSError, ValueError) as error:  # crops missing or unreadable, options that do not fit together
         print(f"knee-node train: {error}", file=sys.stderr)
@@ -262,6 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train, select on val/, calibrate and write a model folder")
     train.add_argument("--data", type=Path, required=True, help="folder with train/ and val/ (knee-kl layout)")
     train.add_argument("--out", type=Path, default=DEFAULT_MODEL_DIR, help="model folder to write")
+    train.add_argument("--version", default="1.0.0",
+                       help="the model's version: it goes into every output's UIDs, so a new model gives new objects")
     train.add_argument("--epochs", type=int, default=30)
     train.add_argument("--batch-size", type=int, default=32)
     train.add_argument("--lr", type=float, default=1e-3)
