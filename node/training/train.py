@@ -91,7 +91,7 @@ def train_step(module: KneeGrader, optimizer: torch.optim.Optimizer, inputs: tor
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
-    return float(loss)
+    return float(loss.detach())
 
 
 def ema_update(decay: float) -> Callable[[list[torch.Tensor], list[torch.Tensor], torch.Tensor | int], None]:

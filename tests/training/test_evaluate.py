@@ -54,7 +54,8 @@ def test_evaluate_on_val_reproduces_the_model_cards_figures(capsys: pytest.Captu
     assert main(["evaluate", "--data", str(KNEE_KL / "val"), "--json", "--cam-sanity", "--device", "cpu"]) == 0
     figures = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     recorded = json.loads((DEFAULT_MODEL_DIR / "evaluation.json").read_text())
-    for key in ("accuracy", "qwk", "mae", "macro_f1", "ece", "ece_uncalibrated", "joint_attention_median",
+    for key in ("accuracy", "qwk", "mae", "macro_f1", "ece", "ece_uncalibrated", "adaptive_ece", "brier",
+                "joint_attention_median", "attention_flagged", "low_confidence_flagged",
                 "cam_randomization_rank_correlation"):
         assert figures[key] == pytest.approx(recorded[key], abs=1e-4), key
     assert figures["confusion"] == recorded["confusion"]
