@@ -39,7 +39,7 @@ Outcome = Reported | Failed
 
 def run_batch(sources: Sequence[Path | BinaryIO], analyzer: Analyzer, equipment: Equipment) -> list[Outcome]:
     """One outcome per source, in order."""
-    outcomes: list[Outcome | None] = [None] * len(sources)
+    outcomes: dict[int, Outcome] = {}
     decoded: dict[int, Radiograph] = {}
     for index, source in enumerate(sources):
         try:
@@ -52,4 +52,4 @@ def run_batch(sources: Sequence[Path | BinaryIO], analyzer: Analyzer, equipment:
             outcomes[index] = Reported(analysis, *build_outputs(analysis, analyzer.spec, equipment))
         except Exception as error:  # a header highdicom refuses must cost one radiograph, not the batch
             outcomes[index] = Failed("report", " ".join(f"cannot build results: {error}".split()))
-    return [outcome for outcome in outcomes if outcome is not None]
+    return [outcomes[index] for index in range(len(sources))]

@@ -7,6 +7,7 @@ alpha_c = W_c * mean(1[F > 0]) / HW, and the map is ReLU(sum_k alpha_ck F_k): no
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import MISSING, asdict, dataclass, fields
@@ -55,8 +56,13 @@ def autocast_dtype(device: torch.device) -> torch.dtype | None:
     inference over fp32), else None: fp32.  Training, calibration and the node all infer through this."""
     if device.type == "cuda":
         return torch.bfloat16
-    fast_bf16 = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
-    return torch.bfloat16 if device.type == "cpu" and fast_bf16 else None
+    return torch.bfloat16 if device.type == "cpu" and cpu_has_fast_bf16() else None
+
+
+@functools.cache
+def cpu_has_fast_bf16() -> bool:
+    """Asked once per process: autocast() runs for every batch."""
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
 
 
 def autocast(device: torch.device, fp32: bool = False) -> torch.autocast:
