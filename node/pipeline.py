@@ -7,7 +7,7 @@ its SC and SR.  A radiograph that cannot be decoded or reported costs that radio
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Literal
@@ -37,19 +37,28 @@ class Failed:
 Outcome = Reported | Failed
 
 
-def run_batch(sources: Sequence[Path | BinaryIO], analyzer: Analyzer, equipment: Equipment) -> list[Outcome]:
-    """One outcome per source, in order."""
-    outcomes: dict[int, Outcome] = {}
+def run_batch(sources: Sequence[Path | BinaryIO], analyzer: Analyzer, equipment: Equipment) -> Iterator[Outcome]:
+    """One outcome per source, in order.  Decoding and the model pass happen now (a failing model pass raises
+    here); each radiograph's SC and SR are built as the caller takes its outcome, so the first result can go out
+    while the others are still being built."""
+    failed: dict[int, Failed] = {}
     decoded: dict[int, Radiograph] = {}
     for index, source in enumerate(sources):
         try:
             decoded[index] = read_radiograph(source)
         except DecodeError as error:
-            outcomes[index] = Failed("decode", str(error))
-    analyses = analyzer.analyze(list(decoded.values()))
-    for index, analysis in zip(decoded, analyses, strict=True):
-        try:
-            outcomes[index] = Reported(analysis, *build_outputs(analysis, analyzer.spec, equipment))
-        except Exception as error:  # a header highdicom refuses must cost one radiograph, not the batch
-            outcomes[index] = Failed("report", " ".join(f"cannot build results: {error}".split()))
-    return [outcomes[index] for index in range(len(sources))]
+            failed[index] = Failed("decode", str(error))
+    analyses = dict(zip(decoded, analyzer.analyze(list(decoded.values())), strict=True))
+
+    def report() -> Iterator[Outcome]:
+        for index in range(len(sources)):
+            outcome = failed.get(index)
+            if outcome is None:
+                analysis = analyses[index]
+                try:
+                    outcome = Reported(analysis, *build_outputs(analysis, analyzer.spec, equipment))
+                except Exception as error:  # a header highdicom refuses must cost one radiograph, not the batch
+                    outcome = Failed("report", " ".join(f"cannot build results: {error}".split()))
+            yield outcome
+
+    return report()
