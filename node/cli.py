@@ -60,7 +60,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
             print(json.dumps(asdict(result)), flush=True)
         elif result.status == "ok":
             grades = ", ".join(f"{k['laterality']} KL {k['grade']} ({100 * k['confidence']:.0f}%, {k['reliability']})"
-                               for k in result.knees)
+                               if k["graded"] else f"{k['laterality']} {k['reason']}" for k in result.knees)
             print(f"{result.file}: {grades} -> {', '.join(result.outputs)}", flush=True)
         elif result.status == "skipped":
             print(f"{result.file}: skipped: {result.reason}", flush=True)
@@ -187,7 +187,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         return 1
     print(f"{metrics['model']} on {args.data} ({metrics['n']} crops)")
     for key in ("accuracy", "qwk", "mae", "macro_f1", "ece", "ece_uncalibrated", "adaptive_ece", "brier",
-                "joint_attention_median", "attention_flagged", "low_confidence_flagged",
+                "joint_attention_median", "attention_flagged", "low_confidence_flagged", "unfamiliar_flagged",
                 "cam_randomization_rank_correlation", "fp32_same_grade"):
         if key in metrics:
             print(f"  {key:36} {metrics[key]:.4f}")
@@ -199,6 +199,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(f"  gallery: {args.gallery / 'index.html'} ({metrics['gallery']['errors']} misgraded crops)")
     if args.json:
         print(json.dumps(metrics))
+    return 0
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from node.training.calibrate import recalibrate
+
+    try:
+        spec, report = recalibrate(args.model, args.data, args.device)
+    except (OSError, ValueError) as error:
+        print(f"knee-node calibrate: {error}", file=sys.stderr)
+        return 1
+    print(f"{spec.name} {spec.version} re-fitted: {json.dumps(report)}")
     return 0
 
 
@@ -259,6 +271,13 @@ def build_parser() -> argparse.ArgumentParser:
                           help="also grade at fp32 and report how often the grade is the same")
     evaluate.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     evaluate.set_defaults(run=cmd_evaluate)
+
+    calibrate = commands.add_parser("calibrate", help="re-fit a model folder's temperature, thresholds and "
+                                    "familiarity statistics (at this machine's precision) and rewrite it")
+    calibrate.add_argument("--model", type=Path, default=DEFAULT_MODEL_DIR)
+    calibrate.add_argument("--data", type=Path, required=True, help="folder with train/ and val/ (knee-kl layout)")
+    calibrate.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    calibrate.set_defaults(run=cmd_calibrate)
 
     train = commands.add_parser("train", help="train, select on val/, calibrate and write a model folder")
     train.add_argument("--data", type=Path, required=True, help="folder with train/ and val/ (knee-kl layout)")

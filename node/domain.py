@@ -1,4 +1,4 @@
-"""Small types shared by the stages: a decoded radiograph, a knee ROI, a graded knee, an analysis."""
+"""Small types shared by the stages: a decoded radiograph, a knee ROI, a graded or refused knee, an analysis."""
 
 from __future__ import annotations
 
@@ -23,6 +23,23 @@ class Reliability(StrEnum):
     NO_CONCERN = "REL0"
     ATTENTION_OUTSIDE_JOINT = "REL1"
     LOW_CONFIDENCE = "REL2"
+
+
+class Refusal(StrEnum):
+    """Why a knee found on a radiograph is not graded: the model was not made for what it shows."""
+
+    METAL = "metal"
+    UNFAMILIAR = "unfamiliar"
+
+    @property
+    def reason(self) -> str:
+        return REFUSAL_REASONS[self]
+
+
+REFUSAL_REASONS = {
+    Refusal.METAL: "metal implant over the joint: not graded",
+    Refusal.UNFAMILIAR: "unlike the knee radiographs the model was made for: not graded",
+}
 
 
 @dataclass(frozen=True)
@@ -70,6 +87,7 @@ class KneeResult:
         """What `knee-node analyze --json`, the log and the audit trail say of a graded knee."""
         return {
             "laterality": self.roi.laterality.value,
+            "graded": True,
             "grade": self.grade,
             "confidence": round(self.confidence, 4),
             "probabilities": [round(p, 4) for p in self.probabilities],
@@ -80,9 +98,28 @@ class KneeResult:
 
 
 @dataclass(frozen=True)
+class RefusedKnee:
+    """A knee found but not graded, and why."""
+
+    roi: KneeRoi
+    refusal: Refusal
+
+    def summary(self) -> dict[str, Any]:
+        return {"laterality": self.roi.laterality.value, "graded": False, "refusal": self.refusal.value,
+                "reason": self.refusal.reason,
+                "roi": [round(float(v), 1) for v in (*self.roi.center, *self.roi.half_size)]}
+
+
+@dataclass(frozen=True)
 class Analysis:
-    """What the node concluded about one radiograph: graded knees, or why none was graded."""
+    """What the node concluded about one radiograph: graded knees, knees it refuses, or why it found none."""
 
     radiograph: Radiograph
     knees: tuple[KneeResult, ...]
-    reason: str = ""  # set when no knee was graded
+    reason: str = ""  # set when no knee was graded: none found, the view not graded, or every knee refused
+    refused: tuple[RefusedKnee, ...] = ()
+
+    def summaries(self) -> list[dict[str, Any]]:
+        """Every knee found, graded or not, left to right on the image."""
+        found = [*self.knees, *self.refused]
+        return [knee.summary() for knee in sorted(found, key=lambda k: k.roi.center[1])]

@@ -70,5 +70,5 @@ def analyze_files(inputs: Iterable[Path], out_dir: Path, analyzer: Analyzer, equ
                 results[path] = FileResult(str(path), "error", f"cannot write results: {error}")
                 continue
             results[path] = FileResult(str(path), "ok" if analysis.knees else "skipped", analysis.reason,
-                                       [knee.summary() for knee in analysis.knees], outputs)
+                                       analysis.summaries(), outputs)
         yield from (results[path] for path in batch)

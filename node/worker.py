@@ -104,8 +104,10 @@ class Worker:
         self.queue.complete(job, then=deliveries)
         Path(job.message.path).unlink(missing_ok=True)
         self.metrics.processed.labels("ok" if analysis.knees else "skipped").inc()
+        for knee in analysis.refused:
+            self.metrics.refused.labels(knee.refusal.value).inc()
         self.metrics.receive_to_result.observe(time.time() - job.message.received_at)
-        knees = [knee.summary() for knee in analysis.knees]
+        knees = analysis.summaries()
         log_event("processed", sop_instance_uid=job.key, patient=job.message.patient, knees=knees,
                   reason=analysis.reason, files=[str(path) for path in written])
         self.audit.record("result", sop_instance_uid=job.key, patient=job.message.patient,

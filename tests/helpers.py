@@ -14,12 +14,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import redis
 import torch
 import yaml
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 
+from node.analysis.familiarity import Familiarity
 from node.analysis.model import KneeGrader, ModelSpec, save_model
 from node.config import Destination
 from node.training.data import KNEE_KL_FIELD_MM
@@ -31,8 +33,12 @@ def random_model(folder: Path, input_size: int = 224, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     spec = ModelSpec(name="test-random", version="0.0.0-test", input_size=input_size,
                      class_names=("KL0", "KL1", "KL2", "KL3", "KL4"), temperature=1.0, field_mm=KNEE_KL_FIELD_MM,
-                     attention_threshold=0.2, confidence_threshold=0.3)
-    save_model(KneeGrader(), spec, folder)
+                     attention_threshold=0.2, confidence_threshold=0.3, familiarity_threshold=1e9)
+    # Random weights have no training features: an identity metric and a threshold nothing reaches.
+    module = KneeGrader()
+    channels = module.classifier.in_features
+    save_model(module, spec, Familiarity(np.zeros((5, channels), np.float32), np.eye(channels, dtype=np.float32)),
+               folder)
     return folder
 
 

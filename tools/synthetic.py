@@ -59,6 +59,10 @@ Modality = Literal["DX", "CR"]
 Voi = Literal["window", "lut", "none"]
 SpacingTag = Literal["imager", "pixel", "none"]
 View = Literal["PA", "LL", "LATERAL"]
+Metal = Literal["knee-replacement", "unicompartmental", "plate-and-screws", "screws"]
+Tone = Literal["linear", "bright", "dark", "s-curve"]  # the display curve of another site's processing
+METALS: tuple[Metal, ...] = get_args(Metal)
+TONES: tuple[Tone, ...] = get_args(Tone)
 
 DX_STORAGE = UID("1.2.840.10008.5.1.4.1.1.1.1")  # Digital X-Ray Image Storage - For Presentation
 CR_STORAGE = UID("1.2.840.10008.5.1.4.1.1.1")  # Computed Radiography Image Storage
@@ -111,6 +115,7 @@ GAMMA = 0.8  # exponent of the 'lut' VOI LUT: mild, yet enough that a reader ign
 LUT_BITS = 16
 SINGLE_MM = (300.0, 240.0)  # canvas (height, width)
 BILATERAL_MM = (350.0, 430.0)
+FULL_LENGTH_MM = (1000.0, 430.0)  # a standing hip-to-ankle film: knees at mid height
 
 ASCII_NAMES = ("DOE^JANE", "SMITH^JOHN", "MEYER^ANNA", "ROSSI^MARCO", "JANSEN^PIETER", "NOVAK^EVA")
 NON_ASCII_NAMES = ("MÜLLER^JÜRGEN", "ÇELİK^AYŞE", "ØDEGÅRD^ÅSE", "DVOŘÁK^LUDĚK", "山田^太郎")
@@ -123,6 +128,7 @@ class KneeTruth:
     grade: int
     center: tuple[float, float]  # (row, column) of the crop centre in the composite, pixels
     file: str  # the crop, relative to its split folder
+    size_factor: float = 1.0  # the knee's size over the training crops' field (patient size, magnification)
 
 
 @dataclass(frozen=True)
@@ -342,12 +348,14 @@ def _collimate(image: np.ndarray, field: tuple[int, int, int, int], spacing: flo
     image += (1 - exposed) * (rng.uniform(0.86, 0.97) - image)
 
 
-def _picture(crops: Sequence[np.ndarray], pixel: float, sides: Sequence[Laterality], shape: tuple[int, int],
-             corners: Sequence[tuple[int, int]], spacing: float, rng: np.random.Generator) -> np.ndarray:
-    """The display image (0..1, bright = dense) of a radiograph holding these crops at these top-left corners."""
+def _picture(crops: Sequence[np.ndarray], pixels: Sequence[float], sides: Sequence[Laterality],
+             shape: tuple[int, int], corners: Sequence[tuple[int, int]], spacing: float,
+             rng: np.random.Generator) -> np.ndarray:
+    """The display image (0..1, bright = dense) of a radiograph holding these crops at these top-left corners
+    (`pixels`: canvas pixels per original crop pixel, per crop)."""
     background = float(rng.uniform(0.02, 0.06))  # direct exposure: almost black
     image = np.full(shape, background, np.float32)
-    for crop, side, (top, left) in zip(crops, sides, corners, strict=True):
+    for crop, pixel, side, (top, left) in zip(crops, pixels, sides, corners, strict=True):
         _add_leg(image, crop, pixel, top, left, side, spacing, background, rng)
     field = _field(shape, spacing, rng)
     for side in sides:
@@ -355,6 +363,88 @@ def _picture(crops: Sequence[np.ndarray], pixel: float, sides: Sequence[Laterali
     _collimate(image, field, spacing, rng)
     image += rng.standard_normal(shape, dtype=np.float32) * np.float32(rng.uniform(0.004, 0.01))
     return np.clip(image, 0, 1, out=image)
+
+
+# --- what other sites' films add: implants, burned-in text and rulers, other display curves -----------------------
+
+METAL_LEVEL = 1.0  # metal stops nearly all X-rays: the top of the stored range, flat, with sharp edges
+
+
+def _draw_metal(image: np.ndarray, kind: Metal, knee: KneeTruth, field: float, spacing: float,
+                rng: np.random.Generator) -> None:
+    """An implant over the knee joint (in place), in the knee's own scale (`field`: its crop's side, pixels):
+    `knee.center` is its crop centre, and the mean knee's joint line lies 4 % of the field below it."""
+    mask = np.zeros(image.shape, np.uint8)
+    row, col = knee.center
+    joint = row + 0.04 * field
+    mm = 1 / spacing
+    medial = 1 if knee.laterality is Laterality.RIGHT else -1  # image direction of the medial side
+
+    def box(top: float, bottom: float, left: float, right: float) -> None:
+        cv2.rectangle(mask, (round(left), round(top)), (round(right), round(bottom)), 255, cv2.FILLED)
+
+    def femoral(half_width: float, centre: float) -> None:
+        # The condylar shell: a thick half-ellipse ring under the femur, open at the top, with an anterior flange.
+        axes = (round(half_width), round(0.16 * field))
+        thickness = round(rng.uniform(5, 8) * mm)
+        cv2.ellipse(mask, (round(centre), round(joint - 0.16 * field)), axes, 0, 0, 180, 255, thickness)
+        box(joint - 0.34 * field, joint - 0.16 * field, centre - 0.6 * half_width, centre + 0.6 * half_width)
+
+    def tibial(half_width: float, centre: float, stem: bool) -> None:
+        top = joint + rng.uniform(3, 6) * mm
+        box(top, top + rng.uniform(3, 5) * mm, centre - half_width, centre + half_width)
+        if stem:
+            box(top, top + 0.45 * field, centre - 6 * mm, centre + 6 * mm)
+
+    if kind == "knee-replacement":
+        femoral(0.38 * field, col)
+        tibial(0.36 * field, col, stem=True)
+    elif kind == "unicompartmental":
+        centre = col + medial * 0.2 * field
+        femoral(0.15 * field, centre)
+        tibial(0.16 * field, centre, stem=False)
+    elif kind == "plate-and-screws":
+        lateral_edge = col - medial * 0.36 * field
+        box(joint + 4 * mm, joint + 0.6 * field, lateral_edge - 6 * mm, lateral_edge + 6 * mm)
+        for depth in np.linspace(8, 0.45 * field / mm, 4):
+            tip = col + medial * rng.uniform(0.15, 0.3) * field
+            box(joint + depth * mm - 2.5 * mm, joint + depth * mm + 2.5 * mm, min(lateral_edge, tip),
+                max(lateral_edge, tip))
+    else:  # two cannulated screws under the plateau, across the joint's width
+        for depth in (rng.uniform(6, 10), rng.uniform(16, 22)):
+            box(joint + (depth - 3.2) * mm, joint + (depth + 3.2) * mm, col - 0.3 * field, col + 0.3 * field)
+    edge = cv2.GaussianBlur(mask.astype(np.float32) / 255, (0, 0), 0.15 * mm)  # the detector's own blur only
+    image += edge * (METAL_LEVEL - image)
+
+
+def _burn_in(image: np.ndarray, spacing: float, columns_mm: Sequence[float], rng: np.random.Generator) -> None:
+    """White text in the top corners and a ruler (ticks every 10 mm) down each of `columns_mm`, in place."""
+    font, mm = cv2.FONT_HERSHEY_SIMPLEX, 1 / spacing
+    scale = 5 * mm / cv2.getTextSize("A", font, 1.0, 1)[0][1]  # letters 5 mm tall
+    thickness = max(1, round(0.6 * mm))
+    mask = np.zeros(image.shape, np.uint8)
+    for index, text in enumerate(("STANDING", f"KV {rng.integers(60, 80)}  MAS {rng.integers(5, 20)}",
+                                  "KNEE-NODE SYNTHETIC SITE")):
+        y = round((12 + 9 * index) * mm)
+        cv2.putText(mask, text, (round(10 * mm), y), font, scale, 255, thickness, cv2.LINE_AA)
+    alpha = mask.astype(np.float32) / 255
+    image += alpha * (1.0 - image)
+    for column in columns_mm:
+        x = round(column * mm)
+        image[:, x:x + round(4 * mm)] = 0.9
+        for tick in range(0, int(image.shape[0] * spacing), 10):
+            length = 8 if tick % 50 == 0 else 4
+            image[round(tick * mm):round(tick * mm) + max(1, round(0.5 * mm)), x:x + round(length * mm)] = 1.0
+
+
+def _tone(image: np.ndarray, tone: Tone) -> np.ndarray:
+    if tone == "bright":
+        return image ** 0.7
+    if tone == "dark":
+        return image ** 1.4
+    if tone == "s-curve":
+        return 1 / (1 + np.exp(-8 * (image - 0.5)))
+    return image
 
 
 # --- encoding of the display image ------------------------------------------------------------------------------
@@ -506,20 +596,31 @@ def _even(length_mm: float, spacing: float) -> int:
 def compose(crops: CropSet, indices: Sequence[int], rng: np.random.Generator, *, spacing_mm: float = 0.15,
             field_mm: float = KNEE_KL_FIELD_MM, bits: Bits = 12, photometric: Photometric = "MONOCHROME2",
             modality: Modality = "DX", voi: Voi = "window", spacing_tag: SpacingTag = "imager",
-            view: View = "PA", non_ascii_name: bool = False) -> Composite:
+            view: View = "PA", non_ascii_name: bool = False, size_factors: Sequence[float] | None = None,
+            full_length: bool = False, metal: Metal | None = None, burned_in: bool = False,
+            tone: Tone = "linear") -> Composite:
     """A radiograph of one knee (one index) or of a subject's both knees standing (its R and L crop indices).
 
-    The crop covers `field_mm` and is resampled to `field_mm / spacing_mm` pixels.  `voi` 'window' maps the
-    Modality LUT output range exactly onto the display range, 'lut' is a gamma VOI LUT, 'none' leaves the reader
-    to choose.  `view` only sets View Position (a lateral view keeps the same picture).
+    The crop covers `field_mm` times its knee's size factor (default 1) and is resampled to that over
+    `spacing_mm` pixels.  `voi` 'window' maps the Modality LUT output range exactly onto the display range, 'lut'
+    is a gamma VOI LUT, 'none' leaves the reader to choose.  `view` only sets View Position (a lateral view keeps
+    the same picture).  Other sites' films: `full_length` (a hip-to-ankle canvas), `metal` (an implant over every
+    knee), `burned_in` (text and a ruler), `tone` (another display curve).
     """
     for name, value, kind in (("bits", bits, Bits), ("photometric", photometric, Photometric),
                               ("modality", modality, Modality), ("voi", voi, Voi),
                               ("spacing_tag", spacing_tag, SpacingTag), ("view", view, View)):
         if value not in get_args(kind):
             raise ValueError(f"{name} must be one of {', '.join(map(str, get_args(kind)))}, not {value!r}")
+    if metal is not None and metal not in get_args(Metal):
+        raise ValueError(f"metal must be one of {', '.join(get_args(Metal))}, not {metal!r}")
+    if tone not in get_args(Tone):
+        raise ValueError(f"tone must be one of {', '.join(get_args(Tone))}, not {tone!r}")
     if not (spacing_mm > 0 and field_mm > 0):
         raise ValueError(f"spacing_mm and field_mm must be positive, not {spacing_mm} and {field_mm}")
+    factors = tuple(size_factors or [1.0] * len(indices))
+    if len(factors) != len(indices) or not all(0.5 <= f <= 2 for f in factors):
+        raise ValueError(f"size_factors: one per knee within 0.5..2, not {factors}")
     sides = [crop_laterality(crops.files[i]) for i in indices]
     if len(indices) == 2:
         subjects = {Path(crops.files[i]).stem[:-1] for i in indices}
@@ -527,12 +628,12 @@ def compose(crops: CropSet, indices: Sequence[int], rng: np.random.Generator, *,
             names = ", ".join(crops.files[i] for i in indices)
             raise ValueError(f"bilateral needs one subject's R and L crops, not {names}")
         if sides[0] is Laterality.LEFT:
-            indices, sides = indices[::-1], sides[::-1]
+            indices, sides, factors = indices[::-1], sides[::-1], factors[::-1]
     elif len(indices) != 1:
         raise ValueError(f"compose takes one crop or a subject's two, not {len(indices)}")
-    height_mm, width_mm = BILATERAL_MM if len(indices) == 2 else SINGLE_MM
+    height_mm, width_mm = FULL_LENGTH_MM if full_length else BILATERAL_MM if len(indices) == 2 else SINGLE_MM
     shape = (_even(height_mm, spacing_mm), _even(width_mm, spacing_mm))
-    size = round(field_mm / spacing_mm)
+    sizes = [round(field_mm * factor / spacing_mm) for factor in factors]
     row = height_mm / 2 + rng.uniform(-10, 10)
     if len(indices) == 2:
         # Standing PA: the right knee on the image left, knee centres 180-220 mm apart.
@@ -541,11 +642,24 @@ def compose(crops: CropSet, indices: Sequence[int], rng: np.random.Generator, *,
     else:
         centres = [(row, width_mm / 2 + rng.uniform(-10, 10))]
     corners = [(round(r / spacing_mm - (size - 1) / 2), round(c / spacing_mm - (size - 1) / 2))
-               for r, c in centres]
-    if any(top < 0 or left < 0 or top + size > shape[0] or left + size > shape[1] for top, left in corners):
+               for (r, c), size in zip(centres, sizes, strict=True)]
+    if any(top < 0 or left < 0 or top + size > shape[0] or left + size > shape[1]
+           for (top, left), size in zip(corners, sizes, strict=True)):
         raise ValueError(f"a {field_mm} mm crop does not fit the {height_mm:.0f} x {width_mm:.0f} mm canvas")
-    resized = [_resample(crops.images[i], size) for i in indices]
-    image = _picture(resized, size / crops.images.shape[1], sides, shape, corners, spacing_mm, rng)
+    resized = [_resample(crops.images[i], size) for i, size in zip(indices, sizes, strict=True)]
+    image = _picture(resized, [size / crops.images.shape[1] for size in sizes], sides, shape, corners, spacing_mm,
+                     rng)
+    knees = tuple(
+        KneeTruth(side, int(crops.grades[i]), (top + (size - 1) / 2, left + (size - 1) / 2), crops.files[i], factor)
+        for i, side, (top, left), size, factor in zip(indices, sides, corners, sizes, factors, strict=True))
+    if metal is not None:
+        for knee, size in zip(knees, sizes, strict=True):
+            _draw_metal(image, metal, knee, size, spacing_mm, rng)
+    if burned_in:
+        # A ruler beside the leg(s): at the side of a single knee, between the legs of a bilateral film.
+        column = width_mm / 2 if len(indices) == 2 else width_mm - 25.0
+        _burn_in(image, spacing_mm, [column], rng)
+    image = _tone(np.clip(image, 0, 1), tone).astype(np.float32)
 
     rescale = _rescale(modality, bits)
     stored = _stored(image, bits, photometric, voi)
@@ -562,9 +676,8 @@ def compose(crops: CropSet, indices: Sequence[int], rng: np.random.Generator, *,
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds.file_meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-    knees = tuple(
-        KneeTruth(side, int(crops.grades[i]), (top + (size - 1) / 2, left + (size - 1) / 2), crops.files[i])
-        for i, side, (top, left) in zip(indices, sides, corners, strict=True))
+    if burned_in:
+        ds.BurnedInAnnotation = "YES"
     return Composite(ds, _display(stored, bits, photometric, voi, rescale[0]), knees)
 
 

@@ -1,4 +1,5 @@
-"""Grade radiographs in batches: locate the knees, crop each by physical size, one model pass for all crops."""
+"""Grade radiographs in batches: locate the knees, crop each by physical size, refuse crops with metal over the joint,
+one model pass for all the others; refuse those whose features lie far from the training crops' too."""
 
 from __future__ import annotations
 
@@ -8,9 +9,10 @@ import cv2
 import numpy as np
 
 from node.analysis.attention import joint_attention
+from node.analysis.implants import metal_over_joint
 from node.analysis.localize import Localizer
 from node.analysis.model import Grader, ModelSpec
-from node.domain import Analysis, KneeResult, KneeRoi, Radiograph, Reliability
+from node.domain import Analysis, KneeResult, KneeRoi, Radiograph, Refusal, RefusedKnee, Reliability
 
 
 def crop(image: np.ndarray, roi: KneeRoi, size: int) -> np.ndarray:
@@ -48,21 +50,32 @@ class Analyzer:
 
     def analyze(self, radiographs: Sequence[Radiograph]) -> list[Analysis]:
         located = [self.localizer.find_knees(radiograph) for radiograph in radiographs]
-        rois = [roi for found, _ in located for roi in found]
-        results: list[KneeResult] = []
-        if rois:
-            crops = np.stack([crop(radiograph.image, roi, self.spec.input_size)
-                              for radiograph, (found, _) in zip(radiographs, located, strict=True) for roi in found])
-            probabilities, cams = self.grader.predict(crops)
+        found = [(radiograph, roi) for radiograph, (rois, _) in zip(radiographs, located, strict=True) for roi in rois]
+        crops = [crop(radiograph.image, roi, self.spec.input_size) for radiograph, roi in found]
+        mm_per_pixel = self.spec.field_mm / self.spec.input_size
+        outcomes: list[KneeResult | RefusedKnee | None] = [
+            RefusedKnee(roi, Refusal.METAL) if metal_over_joint(image, mm_per_pixel) else None
+            for (_, roi), image in zip(found, crops, strict=True)]
+        graded = [i for i, outcome in enumerate(outcomes) if outcome is None]
+        if graded:
+            probabilities, cams, distances = self.grader.predict(np.stack([crops[i] for i in graded]))
             attention = joint_attention(cams)
-            results = [KneeResult(roi=roi, probabilities=tuple(float(p) for p in probabilities[i]),
-                                  attention=float(attention[i]),
-                                  reliability=reliability(float(attention[i]), float(probabilities[i].max()),
-                                                          self.spec),
-                                  cam=cams[i])
-                       for i, roi in enumerate(rois)]
+            for j, i in enumerate(graded):
+                if distances[j] > self.spec.familiarity_threshold:
+                    outcomes[i] = RefusedKnee(found[i][1], Refusal.UNFAMILIAR)
+                    continue
+                confidence = float(probabilities[j].max())
+                outcomes[i] = KneeResult(roi=found[i][1], probabilities=tuple(float(p) for p in probabilities[j]),
+                                         attention=float(attention[j]),
+                                         reliability=reliability(float(attention[j]), confidence, self.spec),
+                                         cam=cams[j])
         analyses, start = [], 0
-        for radiograph, (found, reason) in zip(radiographs, located, strict=True):
-            analyses.append(Analysis(radiograph, tuple(results[start:start + len(found)]), reason))
-            start += len(found)
+        for radiograph, (rois, reason) in zip(radiographs, located, strict=True):
+            mine = outcomes[start:start + len(rois)]
+            start += len(rois)
+            knees = tuple(o for o in mine if isinstance(o, KneeResult))
+            refused = tuple(o for o in mine if isinstance(o, RefusedKnee))
+            if refused and not knees:
+                reason = "; ".join(dict.fromkeys(knee.refusal.reason for knee in refused))
+            analyses.append(Analysis(radiograph, knees, reason, refused))
         return analyses

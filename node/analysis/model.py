@@ -21,6 +21,9 @@ import torchvision
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from node.analysis.familiarity import PREFIX as FAMILIARITY_PREFIX
+from node.analysis.familiarity import Familiarity
+
 WEIGHTS_FILE = "model.safetensors"
 SPEC_FILE = "model.json"
 
@@ -39,16 +42,18 @@ class KneeGrader(nn.Module):
         # Not torchvision's in-place ReLU: the feature map must stay intact for Grad-CAM hooks.
         return self.classifier(F.relu(self.features(x)).mean((2, 3)))
 
-    def forward_with_cam(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits (B, classes) and Grad-CAM of the top class (B, h, w), both float32."""
+    def forward_with_cam(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Logits (B, classes), Grad-CAM of the top class (B, h, w) and the pooled features the head reads
+        (B, channels), all float32."""
         feature_map = self.features(x).float()
         with torch.autocast(feature_map.device.type, enabled=False):
             weight = self.classifier.weight.float()
-            logits = F.linear(F.relu(feature_map).mean((2, 3)), weight, self.classifier.bias.float())
+            pooled = F.relu(feature_map).mean((2, 3))
+            logits = F.linear(pooled, weight, self.classifier.bias.float())
             spatial = feature_map.shape[2] * feature_map.shape[3]
             alpha = weight[logits.argmax(1)] * (feature_map > 0).float().mean((2, 3)) / spatial
             cam = F.relu(torch.einsum("bk,bkhw->bhw", alpha, feature_map))
-        return logits, cam
+        return logits, cam, pooled
 
 
 def autocast_dtype(device: torch.device) -> torch.dtype | None:
@@ -86,19 +91,25 @@ def model_inputs(crops: np.ndarray, size: int, device: torch.device) -> torch.Te
     return standardize(batch[:, None]).contiguous(memory_format=torch.channels_last)
 
 
+@dataclass(frozen=True)
+class Outputs:
+    logits: np.ndarray  # (N, classes)
+    cams: np.ndarray  # (N, h, w): Grad-CAM of the top class
+    features: np.ndarray  # (N, channels): what the linear head reads
+
+
 @torch.inference_mode()
 def forward_in_batches(module: KneeGrader, crops: np.ndarray, size: int, device: torch.device,
-                       batch_size: int = 64, fp32: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """Logits (N, classes) and top-class Grad-CAMs (N, h, w) of display-space crops, module in eval mode, at the
-    node's precision (`fp32`: at fp32 whatever the hardware)."""
+                       batch_size: int = 64, fp32: bool = False) -> Outputs:
+    """The model's outputs for display-space crops, module in eval mode, at the node's precision (`fp32`: at fp32
+    whatever the hardware)."""
     module.eval()
-    logits, cams = [], []
+    parts: list[tuple[np.ndarray, ...]] = []
     for start in range(0, len(crops), batch_size):
         with autocast(device, fp32):
-            out, cam = module.forward_with_cam(model_inputs(crops[start:start + batch_size], size, device))
-        logits.append(out.cpu().numpy())
-        cams.append(cam.cpu().numpy())
-    return np.concatenate(logits), np.concatenate(cams)
+            outputs = module.forward_with_cam(model_inputs(crops[start:start + batch_size], size, device))
+        parts.append(tuple(t.cpu().numpy() for t in outputs))
+    return Outputs(*(np.concatenate(column) for column in zip(*parts, strict=True)))
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
@@ -119,18 +130,22 @@ class ModelSpec:
     field_mm: float
     attention_threshold: float
     confidence_threshold: float
+    familiarity_threshold: float  # feature distance beyond which a crop is refused (node.analysis.familiarity)
     sha256: str = ""
     architecture: str = "densenet121"
     normalization: str = "per-image standardization"
 
     @classmethod
     def read(cls, path: Path) -> ModelSpec:
-        raw = json.loads(path.read_text())
+        return cls.parse(json.loads(path.read_text()), str(path))
+
+    @classmethod
+    def parse(cls, raw: dict, where: str) -> ModelSpec:
         missing = [f.name for f in fields(cls) if f.default is MISSING and f.name not in raw]
         if missing:
-            raise ValueError(f"{path}: missing {', '.join(missing)}")
-        raw["class_names"] = tuple(raw["class_names"])
-        return cls(**{f.name: raw[f.name] for f in fields(cls) if f.name in raw})
+            raise ValueError(f"{where}: missing {', '.join(missing)}")
+        return cls(**{f.name: raw[f.name] for f in fields(cls) if f.name in raw} | {
+            "class_names": tuple(raw["class_names"])})
 
     def write(self, path: Path) -> None:
         path.write_text(json.dumps(asdict(self), indent=2) + "\n")
@@ -140,15 +155,27 @@ def sha256_of(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def save_model(module: KneeGrader, spec: ModelSpec, out_dir: Path) -> ModelSpec:
-    """Write fp16 safetensors and `model.json` (with the weights' sha256); returns the spec as written."""
+def save_model(module: KneeGrader, spec: ModelSpec, familiarity: Familiarity, out_dir: Path) -> ModelSpec:
+    """Write the network's fp16 weights and the familiarity statistics as one safetensors file, and `model.json`
+    (with that file's sha256); returns the spec as written."""
     out_dir.mkdir(parents=True, exist_ok=True)
     state = {k: (v.half() if v.is_floating_point() else v).contiguous().cpu() for k, v in module.state_dict().items()}
     weights = out_dir / WEIGHTS_FILE
-    save_file(state, str(weights), metadata={"name": spec.name, "version": spec.version})
+    save_file(state | familiarity.tensors(), str(weights), metadata={"name": spec.name, "version": spec.version})
     written = ModelSpec(**{**asdict(spec), "sha256": sha256_of(weights)})
     written.write(out_dir / SPEC_FILE)
     return written
+
+
+def load_model(weights: Path) -> tuple[KneeGrader, Familiarity | None]:
+    """The network (fp32, on the CPU) and the familiarity statistics (None before they were fitted) of a weights
+    file written by save_model."""
+    state = load_file(str(weights))
+    network = {k: v.float() if v.is_floating_point() else v for k, v in state.items()
+               if not k.startswith(FAMILIARITY_PREFIX)}
+    module = KneeGrader(num_classes=network["classifier.weight"].shape[0])
+    module.load_state_dict(network)
+    return module, Familiarity.from_tensors(state) if f"{FAMILIARITY_PREFIX}means" in state else None
 
 
 class Grader:
@@ -167,12 +194,15 @@ class Grader:
             torch.set_num_threads(threads)
         self.device = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                                    "cpu" if device == "auto" else device)
-        module = KneeGrader(num_classes=len(self.spec.class_names))
-        module.load_state_dict({k: v.float() if v.is_floating_point() else v
-                                for k, v in load_file(str(weights)).items()})
+        module, familiarity = load_model(weights)
+        if familiarity is None:
+            raise ValueError(f"model: {weights} has no familiarity statistics (fit them: knee-node calibrate)")
+        self.familiarity = familiarity
         self.module = module.to(self.device, memory_format=torch.channels_last).eval()
 
-    def predict(self, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Calibrated class probabilities (N, classes) and Grad-CAM of the top class (N, h, w)."""
-        logits, cams = forward_in_batches(self.module, crops, self.spec.input_size, self.device)
-        return softmax(logits, self.spec.temperature), cams
+    def predict(self, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Calibrated class probabilities (N, classes), Grad-CAM of the top class (N, h, w) and each crop's
+        familiarity distance (N,)."""
+        outputs = forward_in_batches(self.module, crops, self.spec.input_size, self.device)
+        return (softmax(outputs.logits, self.spec.temperature), outputs.cams,
+                self.familiarity.distance(outputs.features))

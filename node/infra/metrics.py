@@ -20,6 +20,9 @@ class Metrics:
         self.selected = Counter("knee_node_selected", "Received instances queued for grading", registry=self.registry)
         self.processed = Counter("knee_node_processed", "Radiographs analysed, by outcome (ok: graded knees; "
                                  "skipped: no knee graded, reason reported)", ["outcome"], registry=self.registry)
+        self.refused = Counter("knee_node_refused_knees", "Knees found but not graded, by refusal (metal: an "
+                               "implant over the joint; unfamiliar: unlike the training radiographs)", ["refusal"],
+                               registry=self.registry)
         self.sent = Counter("knee_node_sent", "Result objects delivered to a destination", registry=self.registry)
         self.failed = Counter("knee_node_failed", "Failures by stage (receive, analyze, deliver)", ["stage"],
                               registry=self.registry)

@@ -65,10 +65,15 @@ def build_sr(analysis: Analysis, spec: ModelSpec, equipment: Equipment) -> hd.sr
         for knee in analysis.knees:
             measurements.ContentSequence.extend(measurement_group(knee, header, spec))
         root.ContentSequence.append(measurements)
-    if analysis.reason:
+    # A refused knee gets no measurement group, only the reason; a radiograph with no knee found, its reason.
+    comments = [f"{knee.roi.laterality.word} knee: {knee.refusal.reason}" for knee in analysis.refused]
+    if analysis.reason and not analysis.refused:
+        comments.append(f"No knee graded: {analysis.reason}")
+    if comments:
         evaluations = ContainerContentItem(name=QUALITATIVE_EVALUATIONS, relationship_type=CONTAINS)
-        evaluations.ContentSequence = ContentSequence([TextContentItem(
-            name=codes.DCM.Comment, value=f"No knee graded: {analysis.reason}"[:1024], relationship_type=CONTAINS)])
+        evaluations.ContentSequence = ContentSequence([
+            TextContentItem(name=codes.DCM.Comment, value=comment[:1024], relationship_type=CONTAINS)
+            for comment in comments])
         root.ContentSequence.append(evaluations)
     return hd.sr.ComprehensiveSR(
         evidence=[with_type_2(header)],

@@ -20,7 +20,8 @@ def evaluate(model_dir: Path, data: Path, plots: Path | None = None, cam_sanity:
              device: str = "auto", gallery: Path | None = None, compare_fp32: bool = False) -> dict[str, Any]:
     grader = Grader(model_dir, device=device)
     crops = load_crops(data, num_classes=len(grader.spec.class_names))
-    logits, cams = forward_in_batches(grader.module, crops.images, grader.spec.input_size, grader.device)
+    outputs = forward_in_batches(grader.module, crops.images, grader.spec.input_size, grader.device)
+    logits, cams = outputs.logits, outputs.cams
     probabilities = softmax(logits, grader.spec.temperature)
     metrics = grading_metrics(probabilities, crops.grades)
     attention = joint_attention(cams)
@@ -29,12 +30,15 @@ def evaluate(model_dir: Path, data: Path, plots: Path | None = None, cam_sanity:
         "joint_attention_median": float(np.median(attention)),
         "attention_flagged": float((attention < grader.spec.attention_threshold).mean()),
         "low_confidence_flagged": float((probabilities.max(1) < grader.spec.confidence_threshold).mean()),
+        "unfamiliar_flagged": float((grader.familiarity.distance(outputs.features)
+                                     > grader.spec.familiarity_threshold).mean()),
         "model": f"{grader.spec.name} {grader.spec.version}",
     })
     if cam_sanity:
         metrics["cam_randomization_rank_correlation"] = randomization_test(grader, crops.images, cams)
     if compare_fp32:  # what the node's bf16 (where the CPU has it) changes against plain fp32
-        exact, _ = forward_in_batches(grader.module, crops.images, grader.spec.input_size, grader.device, fp32=True)
+        exact = forward_in_batches(grader.module, crops.images, grader.spec.input_size, grader.device,
+                                   fp32=True).logits
         metrics["fp32_same_grade"] = float((exact.argmax(1) == logits.argmax(1)).mean())
     if gallery is not None:
         metrics["gallery"] = write_gallery(gallery, crops, probabilities, cams, attention, grader.spec)
@@ -52,7 +56,7 @@ def randomization_test(grader: Grader, images: np.ndarray, cams: np.ndarray, see
     scores near 1; a faithful one, near 0."""
     torch.manual_seed(seed)
     random_model = KneeGrader(len(grader.spec.class_names)).to(grader.device, memory_format=torch.channels_last)
-    _, random_cams = forward_in_batches(random_model, images, grader.spec.input_size, grader.device)
+    random_cams = forward_in_batches(random_model, images, grader.spec.input_size, grader.device).cams
     flat, random_flat = cams.reshape(len(cams), -1), random_cams.reshape(len(cams), -1)
     return float(np.nanmean([spearman(a, b) for a, b in zip(flat, random_flat, strict=True)]))
 

@@ -170,7 +170,7 @@ def train(options: TrainOptions) -> ModelSpec:
         row: dict[str, object] = {"epoch": epoch + 1, "size": size,
                                   "train_loss": round(total_loss / steps_per_epoch, 5)}
         for name, candidate in (("ema", ema.module), ("raw", module)):
-            val_logits, _ = forward_in_batches(candidate, val_set.images, size, device)  # as trained: a fair reading
+            val_logits = forward_in_batches(candidate, val_set.images, size, device).logits  # as trained: fair
             val = grading_metrics(softmax(val_logits), val_set.grades)
             row.update({f"{name}_qwk": round(val["qwk"], 4), f"{name}_accuracy": round(val["accuracy"], 4),
                         f"{name}_mae": round(val["mae"], 4)})
@@ -190,9 +190,9 @@ def train(options: TrainOptions) -> ModelSpec:
                             for k, v in torch.load(best_path, map_location=device, weights_only=True).items()})
     provisional = ModelSpec(name=options.name, version=options.version, input_size=options.image_size,
                             class_names=KL_CLASSES, temperature=1.0, field_mm=options.field_mm,
-                            attention_threshold=0.0, confidence_threshold=0.0)
-    spec, report = calibrate(module, provisional, val_set, device)
-    spec = save_model(module.cpu(), spec, options.out)
+                            attention_threshold=0.0, confidence_threshold=0.0, familiarity_threshold=0.0)
+    spec, familiarity, report = calibrate(module, provisional, train_set, val_set, device)
+    spec = save_model(module.cpu(), spec, familiarity, options.out)
     recipe = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(options).items()}
     (options.out / "training.json").write_text(json.dumps(
         {"recipe": recipe, "history": history, "calibration": report}, indent=2) + "\n")

@@ -129,7 +129,7 @@ def test_on_150_composites_every_knee_is_found_and_graded_as_its_crop(localizer:
               for e in roi_errors_mm([k.roi for k in a.knees], a.radiograph, c)]
     truths = [knee for c in composites_ for knee in sorted(c.knees, key=lambda k: k.center[1])]
     graded = [knee for a in analyses for knee in sorted(a.knees, key=lambda k: k.roi.center[1])]
-    direct, _ = analyzer.grader.predict(val_crops.images[[val_crops.files.index(t.file) for t in truths]])
+    direct, _, _ = analyzer.grader.predict(val_crops.images[[val_crops.files.index(t.file) for t in truths]])
     grades = np.array([t.grade for t in truths])
     pipeline_accuracy = float(np.mean([k.grade for k in graded] == grades))
     crop_accuracy = float(np.mean(direct.argmax(1) == grades))

@@ -48,7 +48,7 @@ def autograd_cam(module: KneeGrader, inputs: torch.Tensor) -> torch.Tensor:
 def test_closed_form_cam_equals_autograd(grader_inputs: tuple[KneeGrader, torch.Tensor]) -> None:
     module, inputs = grader_inputs
     with torch.no_grad():
-        _, cam = module.forward_with_cam(inputs)
+        _, cam, _ = module.forward_with_cam(inputs)
     expected = autograd_cam(module, inputs)
     assert cam.shape == expected.shape == (4, 4, 4)
     assert expected.amax((1, 2)).min() > 0  # a non-trivial map for every image
@@ -59,7 +59,7 @@ def test_closed_form_cam_equals_autograd(grader_inputs: tuple[KneeGrader, torch.
 def test_closed_form_cam_equals_grad_cam_package(grader_inputs: tuple[KneeGrader, torch.Tensor]) -> None:
     module, inputs = grader_inputs
     with torch.no_grad():
-        _, cam = module.forward_with_cam(inputs)
+        _, cam, _ = module.forward_with_cam(inputs)
     with GradCAM(model=module, target_layers=[module.features]) as package:
         theirs = package(input_tensor=inputs, targets=None)  # None: each image's top class
     # The package returns its map min-max scaled and resized to the input; give ours the same treatment.
@@ -71,18 +71,18 @@ def test_closed_form_cam_equals_grad_cam_package(grader_inputs: tuple[KneeGrader
 def test_forward_and_forward_with_cam_agree(grader_inputs: tuple[KneeGrader, torch.Tensor]) -> None:
     module, inputs = grader_inputs
     with torch.no_grad():
-        logits, _ = module.forward_with_cam(inputs)
+        logits, _, _ = module.forward_with_cam(inputs)
         assert torch.allclose(logits, module(inputs), atol=1e-5)
 
 
 def test_grader_loads_saved_model_and_batches(model_dir: Path) -> None:
     grader = Grader(model_dir, device="cpu")
     crops = np.random.default_rng(0).random((3, 300, 300), dtype=np.float32)
-    probabilities, cams = grader.predict(crops)
+    probabilities, cams, _ = grader.predict(crops)
     assert probabilities.shape == (3, 5)
     np.testing.assert_allclose(probabilities.sum(1), 1, atol=1e-5)
     assert cams.shape == (3, 7, 7) and (cams >= 0).all()
-    one, _ = grader.predict(crops[1:2])
+    one, _, _ = grader.predict(crops[1:2])
     # Batch composition does not matter, up to bf16 rounding where the CPU runs bf16 (oneDNN blocks by batch).
     tolerance = 1e-3 if autocast_dtype(grader.device) else 1e-5
     np.testing.assert_allclose(one[0], probabilities[1], atol=tolerance)
@@ -94,8 +94,8 @@ def test_grader_applies_temperature(model_dir: Path, tmp_path: Path) -> None:
     spec = json.loads((tmp_path / SPEC_FILE).read_text())
     (tmp_path / SPEC_FILE).write_text(json.dumps({**spec, "temperature": 3.0}))
     crops = np.random.default_rng(1).random((2, 224, 224), dtype=np.float32)
-    hot, _ = Grader(tmp_path, device="cpu").predict(crops)
-    cold, _ = Grader(model_dir, device="cpu").predict(crops)
+    hot, _, _ = Grader(tmp_path, device="cpu").predict(crops)
+    cold, _, _ = Grader(model_dir, device="cpu").predict(crops)
     logits = np.log(cold)
     np.testing.assert_allclose(hot, softmax(logits, 3.0), atol=1e-5)
 

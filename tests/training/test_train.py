@@ -31,7 +31,7 @@ def test_train_writes_a_loadable_calibrated_model_and_resumes(small_dataset: Pat
     train(TrainOptions(data=small_dataset, out=out, epochs=3, batch_size=8, image_size=64, loss="ce", resume=True))
     log = json.loads((out / "training.json").read_text())
     assert [row["epoch"] for row in log["history"]] == [1, 2, 3]
-    probabilities, cams = Grader(out, device="cpu").predict(load_crops(small_dataset / "val").images[:4])
+    probabilities, cams, _ = Grader(out, device="cpu").predict(load_crops(small_dataset / "val").images[:4])
     assert probabilities.shape == (4, 5) and cams.shape[0] == 4
     after = torch.load(out / "train" / "checkpoint.pt", weights_only=False)
     assert after["epoch"] == 2 and not torch.equal(after["model"]["classifier.weight"], before["classifier.weight"])
