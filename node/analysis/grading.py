@@ -52,7 +52,7 @@ class Analyzer:
         located = [self.localizer.find_knees(radiograph) for radiograph in radiographs]
         found = [(radiograph, roi) for radiograph, (rois, _) in zip(radiographs, located, strict=True) for roi in rois]
         crops = [crop(radiograph.image, roi, self.spec.input_size) for radiograph, roi in found]
-        mm_per_pixel = self.spec.field_mm / self.spec.input_size
+        mm_per_pixel = self.spec.field_mm / self.spec.input_size  # of a knee of the training crops' size
         outcomes: list[KneeResult | RefusedKnee | None] = [
             RefusedKnee(roi, Refusal.METAL) if metal_over_joint(image, mm_per_pixel) else None
             for (_, roi), image in zip(found, crops, strict=True)]

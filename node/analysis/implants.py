@@ -6,7 +6,9 @@ is never all three: the densest bone is textured, and where a steep display curv
 clip level instead of stepping up to it.  Thin bright strokes (lead letters, burned-in text, ruler ticks) are
 removed by a morphological opening wider than they are; an implant's shell, tray, stem, plate or screw survives it.
 
-The crop is display space (0..1, bright = dense) at the model's input size, so the check sees what the model would.
+The crop is display space (0..1, bright = dense) at the model's input size, so the check sees what the model would;
+its millimetres are those of a knee of the training crops' size (the crop is framed on the knee, and implants
+scale with the knee).
 """
 
 from __future__ import annotations
@@ -31,21 +33,22 @@ def metal_over_joint(crop: np.ndarray, mm_per_pixel: float) -> bool:
     window = max(3, round(1.5 / mm_per_pixel) | 1)
     mean = cv2.blur(crop, (window, window))
     deviation = np.sqrt(np.maximum(cv2.blur(crop * crop, (window, window)) - mean * mean, 0))
-    candidate = ((crop >= top - NEAR_TOP) & (deviation <= FLAT)).astype(np.uint8)
+    bright = (crop >= top - NEAR_TOP).astype(np.uint8)
     stroke = max(3, round(STROKE_MM / mm_per_pixel) | 1)
-    candidate = cv2.morphologyEx(candidate, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_ELLIPSE,
-                                                                                       (stroke, stroke)))
+    candidate = cv2.morphologyEx(bright & (deviation <= FLAT), cv2.MORPH_OPEN,
+                                 cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (stroke, stroke)))
     margin = round(INNER * crop.shape[0]), round(INNER * crop.shape[1])
     inner = np.zeros_like(candidate)
     inner[margin[0]:-margin[0], margin[1]:-margin[1]] = 1
     count, labels, stats, _ = cv2.connectedComponentsWithStats(candidate * inner)
-    ring_width = max(1, round(1.5 / mm_per_pixel))
-    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * ring_width + 1, 2 * ring_width + 1))
+    # What surrounds a part: up to 1.5 mm beyond it, outside everything near the top level.
+    reach = max(1, round(1.5 / mm_per_pixel))
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * reach + 1, 2 * reach + 1))
+    outside = cv2.dilate(bright, np.ones((3, 3), np.uint8)) == 0
     for label in range(1, count):
         if stats[label, cv2.CC_STAT_AREA] * mm_per_pixel**2 < MIN_AREA_MM2:
             continue
-        part = (labels == label).astype(np.uint8)
-        ring = (cv2.dilate(part, kernel) > 0) & ~(cv2.dilate(part, np.ones((3, 3), np.uint8)) > 0)
+        ring = (cv2.dilate((labels == label).astype(np.uint8), kernel) > 0) & outside
         if ring.any() and top - float(np.median(crop[ring])) >= STEP:
             return True
     return False

@@ -34,7 +34,7 @@ from node.domain import KneeRoi, Laterality, Radiograph
 TEMPLATE = resources.files("node.analysis").joinpath("assets/knee_template.png")
 WORK_MM = 1.0  # search resolution
 REFINE_MM = 0.5  # centre refinement resolution
-SCALES = (0.9, 1.0, 1.1)  # knee size around the training field, spacing known
+SCALES = tuple(float(s) for s in np.geomspace(0.8, 1.25, 9))  # knee sizes over the training field, spacing known
 ASSUMED_SPACING_MM = 0.15  # typical DR/CR detector pitch, the starting point when spacing is unknown
 UNKNOWN_SCALES = tuple(float(s) for s in np.geomspace(0.5, 2.0, 15))  # spacing 0.075-0.3 mm
 CANDIDATES_PER_MAP = 6
@@ -88,9 +88,9 @@ class Localizer:
             knees.append(second)
         refined = resample(radiograph.image, spacing, REFINE_MM)
         rois = []
-        half = self.field_mm / 2  # the training crops' framing, at the (known or estimated) spacing
         for knee in sorted(knees, key=lambda c: c.col):
             row, col = self.refine(refined, knee)
+            half = knee.size * WORK_MM / 2  # framed as the training crops are, on the knee's own matched size
             rois.append(KneeRoi(center=(row * REFINE_MM / spacing[0], col * REFINE_MM / spacing[1]),
                                 half_size=(half / spacing[0], half / spacing[1]),
                                 laterality=self.laterality(radiograph, knee, len(knees), work.shape[1])))

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 
 from node.analysis.grading import Analyzer
-from node.domain import Analysis, KneeResult, KneeRoi, Laterality, Radiograph, Reliability
+from node.domain import Analysis, KneeResult, KneeRoi, Laterality, Radiograph, Refusal, RefusedKnee, Reliability
 from node.report import Equipment
-from node.report.sc import MAX_SIDE, build_sc, knee_label, render
+from node.report.sc import MAX_SIDE, Layout, build_sc, knee_label, overlaps, render
 from tests.helpers import dciodvfy_errors
 
 
@@ -95,3 +95,27 @@ def test_knee_label() -> None:
     roi = KneeRoi(center=(500, 400), half_size=(300, 300), laterality=Laterality.RIGHT)
     knee = KneeResult(roi, (0.02, 0.1, 0.78, 0.08, 0.02), 0.6, Reliability.NO_CONCERN, np.zeros((7, 7)))
     assert knee_label(knee) == "R KL 2 (78%)"
+
+
+def test_labels_stay_inside_the_image_and_off_each_other() -> None:
+    """Blocks asked for beyond every border, and on top of each other, land inside the canvas, none covering
+    another."""
+    canvas = np.zeros((700, 500, 3), np.uint8)
+    layout = Layout(canvas, 0.5)
+    wanted = [(-50, -50), (450, -20), (480, 690), (-10, 680), (200, 300), (200, 300), (210, 310)]
+    for x, y in wanted:
+        layout.place([("R KL 2 (78%)", 0.6, (255, 255, 255)), ("Caution: low confidence", 0.5, (255, 191, 0))], x, y)
+    for index, (left, top, right, bottom) in enumerate(layout.taken):
+        assert 0 <= left < right <= 500 and 0 <= top < bottom <= 700
+        assert not any(overlaps(layout.taken[index], other) for other in layout.taken[index + 1:])
+
+
+def test_a_refused_knee_shows_its_box_and_reason_without_a_heatmap(bilateral: Analysis, analyzer: Analyzer) -> None:
+    graded, refused = bilateral.knees
+    analysis = replace(bilateral, knees=(graded,), refused=(RefusedKnee(refused.roi, Refusal.METAL),))
+    colour = colourful(render(analysis, analyzer.spec))
+    top, bottom, left, right = roi_box(refused, 1.0)
+    assert colour[top + 8:bottom - 8, left + 8:right - 8].sum() == 0  # no heatmap inside its box
+    assert colour[top - 2:top + 3, left + 8:right - 8].all(axis=1).any()  # its amber box
+    top, bottom, left, right = roi_box(graded, 1.0)
+    assert colour[top + 4:bottom - 4, left + 4:right - 4].mean() > 0.2

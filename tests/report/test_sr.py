@@ -12,7 +12,7 @@ import pytest
 from pydicom.sr.codedict import codes
 
 from node.analysis.grading import Analyzer
-from node.domain import Analysis, Laterality
+from node.domain import Analysis, Laterality, Refusal, RefusedKnee
 from node.report import Equipment, build_outputs
 from node.report.sr import build_sr
 from node.training.data import CropSet
@@ -130,3 +130,21 @@ def test_patient_study_and_character_set_are_carried_over(tmp_path: Path, analyz
         output.save_as(tmp_path / "out.dcm", enforce_file_format=True)
         assert dciodvfy_errors(tmp_path / "out.dcm") == []
     assert source.SpecificCharacterSet == "ISO_IR 192" and not str(source.PatientName).isascii()
+
+
+def test_a_refused_knee_gets_its_reason_and_no_measurement_group(tmp_path: Path, bilateral: Analysis,
+                                                                  analyzer: Analyzer, equipment: Equipment) -> None:
+    """One knee of a bilateral radiograph refused (metal over it): the other keeps its group, the refused one gets a
+    TEXT item with the reason, and nothing else is said of it."""
+    graded, refused = bilateral.knees
+    analysis = replace(bilateral, knees=(graded,), refused=(RefusedKnee(refused.roi, Refusal.METAL),))
+    path = written(tmp_path, analysis, analyzer, equipment)
+    assert dciodvfy_errors(path) == []
+    sr = hd.sr.srread(path)
+    groups = sr.content.get_planar_roi_measurement_groups()
+    assert [group.tracking_identifier for group in groups] == [f"{graded.roi.laterality.word} knee"]
+    texts = [item.value for item in hd.sr.utils.find_content_items(sr, recursive=True)
+             if item.ValueType == "TEXT" and item.name == codes.DCM.Comment]
+    assert texts == [f"{refused.roi.laterality.word} knee: metal implant over the joint: not graded"]
+    dump = dsrdump(path)
+    assert "W:" not in dump.stdout + dump.stderr
