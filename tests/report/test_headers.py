@@ -21,11 +21,19 @@ from tools.synthetic import TYPE_2_KEYWORDS
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(changes=st.dictionaries(st.sampled_from(TYPE_2_KEYWORDS), st.sampled_from(["absent", "empty"]), min_size=1),
-       laterality=st.sampled_from([None, "B", "R", "L", "U"]))
+       laterality=st.sampled_from([None, "B", "R", "L", "U"]),
+       zero_spacing=st.booleans(),
+       name=st.sampled_from([None, ("ISO_IR 100", "MÜLLER^JÜRGEN"), ("ISO_IR 192", "山田^太郎"),
+                             ("ISO_IR 144", "Иванов^Иван")]))
 def test_outputs_are_valid_whatever_type_2_attributes_are_missing(changes: dict[str, str], laterality: str | None,
+                                                                  zero_spacing: bool, name: tuple[str, str] | None,
                                                                   graded: Analysis, analyzer: Analyzer,
                                                                   equipment: Equipment, tmp_path: Path) -> None:
     header = copy.deepcopy(graded.radiograph.header)
+    if zero_spacing:
+        header.PixelSpacing = [0, 0]  # legal, and meaning "unknown" on some modalities
+    if name is not None:
+        header.SpecificCharacterSet, header.PatientName = name
     if laterality is None:
         header.pop("ImageLaterality", None)
     else:
