@@ -6,9 +6,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from node.analysis.model import Grader, ModelSpec, sha256_of
+from node.cli import main
 from node.training.calibrate import low_confidence_threshold
 from node.training.data import load_crops
 from node.training.train import TrainOptions, ordinal_targets, train
@@ -23,6 +24,7 @@ def test_train_writes_a_loadable_calibrated_model_and_resumes(small_dataset: Pat
     assert spec.input_size == 64 and spec.class_names == ("KL0", "KL1", "KL2", "KL3", "KL4")
     assert 0.05 <= spec.temperature <= 20
     assert 0 <= spec.attention_threshold <= 1 and 0 <= spec.confidence_threshold < 1
+    assert spec.familiarity_threshold > 0
     log = json.loads((out / "training.json").read_text())
     assert [row["epoch"] for row in log["history"]] == [1, 2]
     assert set(log["calibration"]) >= {"ece_before", "ece_after", "temperature"}
@@ -35,6 +37,27 @@ def test_train_writes_a_loadable_calibrated_model_and_resumes(small_dataset: Pat
     assert probabilities.shape == (4, 5) and cams.shape[0] == 4
     after = torch.load(out / "train" / "checkpoint.pt", weights_only=False)
     assert after["epoch"] == 2 and not torch.equal(after["model"]["classifier.weight"], before["classifier.weight"])
+
+
+def test_calibrate_refits_a_model_folder_in_place(small_dataset: Path, tmp_path: Path) -> None:
+    """`knee-node calibrate` on a folder from before familiarity statistics existed: same network weights, new
+    statistics and thresholds, and the node loads it."""
+    out = tmp_path / "model"
+    train(TrainOptions(data=small_dataset, out=out, epochs=1, batch_size=8, image_size=64))
+    network = {k: v for k, v in load_file(str(out / "model.safetensors")).items() if not k.startswith("familiarity.")}
+    save_file(network, str(out / "model.safetensors"))  # as written before the statistics existed
+    spec = json.loads((out / "model.json").read_text())
+    del spec["familiarity_threshold"]
+    (out / "model.json").write_text(json.dumps(spec))
+    with pytest.raises(ValueError, match="missing familiarity_threshold"):
+        Grader(out, device="cpu")
+    assert main(["calibrate", "--model", str(out), "--data", str(small_dataset), "--device", "cpu"]) == 0
+    refitted = load_file(str(out / "model.safetensors"))
+    assert all(torch.equal(refitted[k], v) for k, v in network.items())
+    grader = Grader(out, device="cpu")
+    assert grader.spec.familiarity_threshold > 0
+    _, _, distances = grader.predict(load_crops(small_dataset / "val").images)
+    assert (distances <= grader.spec.familiarity_threshold).mean() >= 0.9
 
 
 def test_training_is_reproducible(small_dataset: Path, tmp_path: Path) -> None:
