@@ -1,4 +1,4 @@
-"""Coded concepts of the result encoding (DESIGN.md); 99KNEEKL is our private coding scheme."""
+"""Coded concepts of the result encoding (docs/results.md); 99KNEEKL is our private coding scheme."""
 
 from __future__ import annotations
 
@@ -39,12 +39,14 @@ def kl_probability(grade: int) -> CodedConcept:
     return _private(f"KLP{grade}", f"Probability of KL grade {grade}")
 
 
-OSTEOARTHRITIS_OF_KNEE = CodedConcept("239873007", "SCT", "Osteoarthritis of knee")
 KNEE_JOINT = CodedConcept("49076000", "SCT", "Knee joint")
 LATERALITY = {
     Laterality.RIGHT: CodedConcept("24028007", "SCT", "Right"),
     Laterality.LEFT: CodedConcept("7771000", "SCT", "Left"),
 }
-PLAIN_XRAY_OF_KNEE = CodedConcept("74016001", "SCT", "Plain X-ray of knee")
+# CID 100 has no radiography of the knee; its generic entry (the knee is the finding site, CR/DX the modality).
+IMAGING_PROCEDURE = CodedConcept("363679005", "SCT", "Imaging procedure")
+IMAGE_REGION = CodedConcept("111030", "DCM", "Image Region")
+COMMENT = CodedConcept("121106", "DCM", "Comment")
 NO_UNITS = CodedConcept("1", "UCUM", "no units")
 PERCENT = CodedConcept("%", "UCUM", "percent")
