@@ -31,6 +31,11 @@ RELIABILITY_VALUES = {
 }
 
 
+# The SEG's one segment: an algorithm's map over the image, not anatomy (CID 7150 category, private type).
+SPATIAL_AND_RELATIONAL_CONCEPT = CodedConcept("309825002", "SCT", "Spatial and Relational Concept")
+ATTENTION_MAP = _private("ATM", "Grad-CAM attention map")
+
+
 def kl_grade_value(grade: int) -> CodedConcept:
     return _private(f"KL{grade}", f"KL grade {grade}")
 

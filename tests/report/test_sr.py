@@ -134,7 +134,7 @@ def test_output_uids_depend_only_on_source_and_model_version(graded: Analysis, a
         assert (one.SOPInstanceUID, one.SeriesInstanceUID) == (two.SOPInstanceUID, two.SeriesInstanceUID)
     newer = build_outputs(graded, replace(analyzer.spec, version="9.9.9"), equipment)
     assert {o.SOPInstanceUID for o in first}.isdisjoint(o.SOPInstanceUID for o in newer)
-    assert len({o.SOPInstanceUID for o in first} | {o.SeriesInstanceUID for o in first}) == 4
+    assert len({o.SOPInstanceUID for o in first} | {o.SeriesInstanceUID for o in first}) == 6  # SR, SC, SEG
 
 
 def test_patient_study_and_character_set_are_carried_over(tmp_path: Path, analyzer: Analyzer, equipment: Equipment,
