@@ -89,10 +89,10 @@ class LocalOrthanc:
             return json.loads(reply.read())
 
     def results(self, study: str) -> dict[str, dict[str, Any]]:
-        """The study's knee-node result series (Orthanc's series objects) by modality: OT (the SC) and SR."""
+        """The study's knee-node result series (Orthanc's series objects) by modality: OT (the SC), SR and SEG."""
         found = {}
         for series in self.get(f"/studies/{study}/series"):
-            if series["MainDicomTags"].get("Modality") in ("OT", "SR"):
+            if series["MainDicomTags"].get("Modality") in ("OT", "SR", "SEG"):
                 tags = self.get(f"/instances/{series['Instances'][0]}/simplified-tags")
                 if tags.get("Manufacturer") == "knee-node":
                     found[series["MainDicomTags"]["Modality"]] = series
