@@ -43,8 +43,8 @@ def run(workers: int, radiographs: list[Path], model: Path, redis: RedisServer, 
         statuses = [result.status for result in send(radiographs, nodes[0].peer(), "TEST_SCU")]
         if statuses != [0] * len(radiographs):
             raise RuntimeError(f"C-STORE statuses {statuses}")
-        if not destination.wait_for(2 * len(radiographs), timeout=1800):
-            raise RuntimeError(f"only {len(destination.received)} of {2 * len(radiographs)} results arrived")
+        if not destination.wait_for(3 * len(radiographs), timeout=1800):  # SR, SC, SEG each
+            raise RuntimeError(f"only {len(destination.received)} of {3 * len(radiographs)} results arrived")
         elapsed = time.perf_counter() - started
     finally:
         with ThreadPoolExecutor(len(nodes)) as pool:

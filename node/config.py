@@ -57,19 +57,26 @@ class Peer:
         check_ae_title(self.ae_title)
 
 
+ResultObject = Literal["sr", "sc", "seg"]
+RESULT_OBJECTS: tuple[ResultObject, ...] = ("sr", "sc", "seg")
+
+
 @dataclass(frozen=True)
 class Destination:
-    """A C-STORE SCP that receives the SC and SR."""
+    """A C-STORE SCP that receives the results: of each radiograph the objects in `objects`."""
 
     ae_title: str
     host: str
     port: int
     tls: bool = False  # DICOM TLS with the node's `tls` settings
+    objects: tuple[ResultObject, ...] = RESULT_OBJECTS  # sr: the report, sc: the overlay image, seg: the Grad-CAM
 
     def __post_init__(self) -> None:
         check_ae_title(self.ae_title)
         check(self.host != "", "host: must not be empty")
         check_port(self.port)
+        check(len(self.objects) > 0, "objects: at least one of sr, sc, seg")
+        check(len(set(self.objects)) == len(self.objects), "objects: each of sr, sc, seg at most once")
 
     def __str__(self) -> str:
         return f"{self.ae_title}@{self.host}:{self.port}"

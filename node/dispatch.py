@@ -19,7 +19,11 @@ from pydicom import dcmread
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import _config
 from pynetdicom.association import Association
-from pynetdicom.sop_class import ComprehensiveSRStorage, SecondaryCaptureImageStorage  # type: ignore[attr-defined]
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+    ComprehensiveSRStorage,
+    SecondaryCaptureImageStorage,
+    SegmentationStorage,
+)
 
 from node.config import Config, DispatchConfig
 from node.infra.audit import AuditLog
@@ -45,7 +49,7 @@ class Dispatcher:
         self.deadline = math.inf  # set when stopping: the end of the outbox flush
         self.tls = client_context(config.tls) if any(d.tls for d in config.destinations) else None
         self.ae = client_ae(config.scp.ae_title, config.dispatch.timeout_seconds)
-        for sop_class in (SecondaryCaptureImageStorage, ComprehensiveSRStorage):
+        for sop_class in (SecondaryCaptureImageStorage, ComprehensiveSRStorage, SegmentationStorage):
             for syntax in (ExplicitVRLittleEndian, ImplicitVRLittleEndian):  # one each: a file streams only as is
                 self.ae.add_requested_context(sop_class, syntax)
         # Result files go out as written: pynetdicom streams the dataset from the file rather than decoding and

@@ -1,4 +1,4 @@
-"""The offline path: DICOM files in, SC + SR files out, through the same pipeline as the network node."""
+"""The offline path: DICOM files in, result files (SR, SC, SEG) out, through the same pipeline as the network node."""
 
 from __future__ import annotations
 
@@ -65,7 +65,7 @@ def analyze_files(inputs: Iterable[Path], out_dir: Path, analyzer: Analyzer, equ
                 continue
             analysis = outcome.analysis
             try:
-                outputs = [str(outbox.write(dataset)[0]) for dataset in (outcome.sc, outcome.sr)]
+                outputs = [str(outbox.write(dataset)[0]) for dataset in outcome.outputs]
             except OSError as error:
                 results[path] = FileResult(str(path), "error", f"cannot write results: {error}")
                 continue

@@ -1,8 +1,8 @@
 """The one decode -> analyze -> report sequence, shared by the worker and `knee-node analyze`.
 
 Each radiograph is decoded once, all knees of the batch go through the model together, and each radiograph gets
-its SC and SR.  A radiograph that cannot be decoded or reported costs that radiograph only; a failing model pass
-(out of memory, say) raises, and the caller decides about the whole batch.
+its results (SR, SC, SEG).  A radiograph that cannot be decoded or reported costs that radiograph only; a failing
+model pass (out of memory, say) raises, and the caller decides about the whole batch.
 """
 
 from __future__ import annotations
@@ -24,8 +24,7 @@ from node.report import Equipment, build_outputs
 @dataclass(frozen=True)
 class Reported:
     analysis: Analysis
-    sc: Dataset
-    sr: Dataset
+    outputs: tuple[Dataset, ...]  # SR, SC and, when a knee is graded, SEG (node.report.build_outputs)
 
 
 @dataclass(frozen=True)
@@ -39,7 +38,7 @@ Outcome = Reported | Failed
 
 def run_batch(sources: Sequence[Path | BinaryIO], analyzer: Analyzer, equipment: Equipment) -> Iterator[Outcome]:
     """One outcome per source, in order.  Decoding and the model pass happen now (a failing model pass raises
-    here); each radiograph's SC and SR are built as the caller takes its outcome, so the first result can go out
+    here); each radiograph's results are built as the caller takes its outcome, so the first result can go out
     while the others are still being built."""
     failed: dict[int, Failed] = {}
     decoded: dict[int, Radiograph] = {}
@@ -56,7 +55,7 @@ def run_batch(sources: Sequence[Path | BinaryIO], analyzer: Analyzer, equipment:
             if outcome is None:
                 analysis = analyses[index]
                 try:
-                    outcome = Reported(analysis, *build_outputs(analysis, analyzer.spec, equipment))
+                    outcome = Reported(analysis, build_outputs(analysis, analyzer.spec, equipment))
                 except Exception as error:  # a header highdicom refuses must cost one radiograph, not the batch
                     outcome = Failed("report", " ".join(f"cannot build results: {error}".split()))
             yield outcome

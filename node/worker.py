@@ -94,13 +94,14 @@ class Worker:
         destinations, analysis = self.config.destinations, reported.analysis
         deliveries: list[tuple[str, Message]] = []
         written: list[Path] = []
-        for dataset in (reported.sr, reported.sc):  # queued, hence delivered, in this order: the report's kB first
+        for dataset in reported.outputs:  # queued, hence delivered, in this order: the report's kB first
+            takers = [destinations[index] for index in self.outbox.takes(dataset)] if destinations else []
             paths = self.outbox.write(dataset)
             written += paths
             deliveries += [(f"{dataset.SOPInstanceUID}@{destination.ae_title}",
                             DeliverJob(path=str(path), destination=destination.ae_title,
                                        sop_instance_uid=dataset.SOPInstanceUID, source=job.key, result_at=time.time()))
-                           for destination, path in zip(destinations, paths[:len(destinations)], strict=True)]
+                           for destination, path in zip(takers, paths[:len(takers)], strict=True)]
         self.queue.complete(job, then=deliveries)
         Path(job.message.path).unlink(missing_ok=True)
         self.metrics.processed.labels("ok" if analysis.knees else "skipped").inc()

@@ -71,6 +71,22 @@ def dciodvfy_errors(path: Path) -> list[str]:
     return [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("Error")]
 
 
+PIXELMED = Path("/usr/share/java/pixelmed.jar")  # Debian libpixelmed-java
+# JDK 17 caps XPath expressions far below what PixelMed's compiled templates need.
+UNLIMITED_XPATH = ["-Djdk.xml.xpathExprOpLimit=0", "-Djdk.xml.xpathExprGrpLimit=0", "-Djdk.xml.xpathTotalOpLimit=0"]
+
+
+def pixelmed_sr_findings(path: Path) -> list[str]:
+    """The error and warning lines of PixelMed's DicomSRValidator (IOD, templates, context groups) for an SR."""
+    java = require_tool("java")
+    if not PIXELMED.is_file():
+        pytest.skip(f"{PIXELMED} not installed (make test installs libpixelmed-java)")
+    classpath = f"{PIXELMED}:/usr/share/java/commons-codec.jar"
+    result = subprocess.run([java, *UNLIMITED_XPATH, "-cp", classpath, "com.pixelmed.validate.DicomSRValidator",
+                             str(path)], capture_output=True, text=True, timeout=300)
+    return [line for line in (result.stdout + result.stderr).splitlines() if line.startswith(("Error", "Warning"))]
+
+
 class StoreScp:
     """A real Storage SCP (pynetdicom) standing in for a PACS: keeps what it receives, answers `status`;
     DICOM TLS with the server context `tls`."""

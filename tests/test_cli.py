@@ -50,8 +50,8 @@ def test_twenty_knees_in_mixed_syntaxes_are_all_graded(knees: Path, model_dir: P
         (knee,) = result["knees"]
         assert set(knee) >= {"laterality", "grade", "confidence", "probabilities", "attention", "reliability"}
         assert 0 <= knee["grade"] <= 4 and len(knee["probabilities"]) == 5
-        assert [Path(p).name[:3] for p in result["outputs"]] == ["sc-", "sr-"]
-    assert len(list(tmp_path.glob("*.dcm"))) == 40
+        assert [Path(p).name.split("-")[0] for p in result["outputs"]] == ["sr", "sc", "seg"]
+    assert len(list(tmp_path.glob("*.dcm"))) == 60
     assert dciodvfy_errors(Path(results[0]["outputs"][0])) == []
 
 

@@ -37,6 +37,13 @@ def test_environment_overrides_reach_nested_fields_and_lists(tmp_path: Path) -> 
     })
     assert (config.scp.port, config.scp.max_pdu, config.worker.batch_size) == (11113, 65536, 16)
     assert config.destinations == (Destination("PACS", "10.0.0.5", 104),)
+    assert config.destinations[0].objects == ("sr", "sc", "seg")  # by default, every result object
+
+
+def test_a_destination_can_take_some_of_the_result_objects(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, "destinations:\n  - {ae_title: PACS, host: pacs, port: 104, objects: [sr]}\n"),
+                         {})
+    assert config.destinations[0].objects == ("sr",)
 
 
 @pytest.mark.parametrize(("text", "environ", "message"), [
@@ -48,6 +55,10 @@ def test_environment_overrides_reach_nested_fields_and_lists(tmp_path: Path) -> 
     ("log_level: LOUD\n", {}, "config: log_level: 'LOUD' is not one of DEBUG, INFO, WARNING, ERROR"),
     ("destinations:\n  - {ae_title: PACS, host: pacs}\n", {}, "config: destinations[0].port: required"),
     ("destinations: PACS\n", {}, "config: destinations: expected a list, got 'PACS'"),
+    ("destinations:\n  - {ae_title: P, host: p, port: 104, objects: [pdf]}\n", {},
+     "config: destinations[0].objects[0]: 'pdf' is not one of sr, sc, seg"),
+    ("destinations:\n  - {ae_title: P, host: p, port: 104, objects: []}\n", {},
+     "config: destinations[0].objects: at least one of sr, sc, seg"),
     ("queue:\n  max_attempts: 0\n", {}, "config: queue.max_attempts: must be at least 1"),
     ("scp: [1, 2]\n", {}, "config: scp: expected a mapping"),
     ("scp:\n  port: [unclosed\n", {}, "config: "),

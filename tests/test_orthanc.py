@@ -46,12 +46,13 @@ def deployment(tmp_path: Path, model_dir: Path, **node_config: Any) -> tuple[Loc
     return orthanc, node
 
 
-def wait_for_results(orthanc: LocalOrthanc, studies: list[str], timeout: float) -> dict[str, dict]:
+def wait_for_results(orthanc: LocalOrthanc, studies: list[str], timeout: float,
+                     modalities: frozenset[str] = frozenset({"OT", "SR"})) -> dict[str, dict]:
     deadline, found = time.monotonic() + timeout, {}
     while time.monotonic() < deadline and len(found) < len(studies):
         for study in studies:
             results = orthanc.results(study)
-            if study not in found and {"OT", "SR"} <= results.keys():
+            if study not in found and modalities <= results.keys():
                 found[study] = results
         time.sleep(0.5)
     return found

@@ -70,7 +70,7 @@ def test_kill_9_of_one_of_two_workers_mid_batch_loses_nothing_and_duplicates_not
             time.sleep(0.02)
         assert held, "the worker never held a batch"
         doomed.kill()
-        assert destination.wait_for(2 * COUNT, timeout=120), f"got {len(destination.received)} of {2 * COUNT}"
+        assert destination.wait_for(3 * COUNT, timeout=120), f"got {len(destination.received)} of {3 * COUNT}"
         status = json.loads(receiver.admin("status", "--json").stdout)
     finally:
         with ThreadPoolExecutor(len(nodes)) as pool:
@@ -78,7 +78,7 @@ def test_kill_9_of_one_of_two_workers_mid_batch_loses_nothing_and_duplicates_not
         destination.stop()
     assert exits == [0, 0, 0]
     uids = [uid for _, uid in destination.received]
-    assert len(uids) == 2 * COUNT and len(set(uids)) == 2 * COUNT
+    assert len(uids) == 3 * COUNT and len(set(uids)) == 3 * COUNT
     assert all(queue == {"queued": 0, "leased": 0, "dead": 0, "oldest_seconds": None}
                for queue in status["queues"].values()), status
     assert status["dead_letters"] == []

@@ -20,7 +20,7 @@ from tests.helpers import NodeProcess, StoreScp, dciodvfy_errors, require_tool, 
 from tools import KNEE_KL
 from tools.synthetic import minimal_header, write_composites
 
-SC, SR = "1.2.840.10008.5.1.4.1.1.7", "1.2.840.10008.5.1.4.1.1.88.33"
+SC, SR, SEG = "1.2.840.10008.5.1.4.1.1.7", "1.2.840.10008.5.1.4.1.1.88.33", "1.2.840.10008.5.1.4.1.1.66.4"
 CR, DX = "1.2.840.10008.5.1.4.1.1.1", "1.2.840.10008.5.1.4.1.1.1.1"
 SYNTAXES = [ExplicitVRLittleEndian, JPEG2000Lossless, JPEGLSLossless, RLELossless]
 RG1 = Path(get_testdata_file("RG1_UNCI.dcm", download=False))
@@ -57,7 +57,7 @@ def storescu(port: int, files: list[Path], *options: str) -> None:
                     str(port), *map(str, files)], check=True, capture_output=True, timeout=120)
 
 
-def test_twenty_radiographs_from_three_senders_give_twenty_sc_and_twenty_sr(
+def test_twenty_radiographs_from_three_senders_give_twenty_sr_sc_and_seg(
         knees: dict[str, list[Path]], model_dir: Path, tmp_path: Path) -> None:
     destination = StoreScp(tmp_path / "pacs").start()
     node = NodeProcess(tmp_path, model_dir,
@@ -72,17 +72,17 @@ def test_twenty_radiographs_from_three_senders_give_twenty_sc_and_twenty_sr(
                               capture_output=True, text=True, timeout=120)
         assert sent.returncode == 0, sent.stderr
         assert pynetdicom_send(knees[RLELossless], node.scp_port) == [0] * 5
-        assert destination.wait_for(40, timeout=240), f"got {len(destination.received)} of 40"
+        assert destination.wait_for(60, timeout=240), f"got {len(destination.received)} of 60"
         assert node.metric("knee_node_received_total") == 20
         # The node counts a delivery once the destination's answer is in.
-        wait_until(lambda: node.metric("knee_node_sent_total") >= 40, timeout=10)
-        assert node.metric("knee_node_sent_total") == 40
+        wait_until(lambda: node.metric("knee_node_sent_total") >= 60, timeout=10)
+        assert node.metric("knee_node_sent_total") == 60
     finally:
         assert node.stop() == 0
         destination.stop()
     classes = [sop_class for sop_class, _ in destination.received]
-    assert classes.count(SC) == 20 and classes.count(SR) == 20
-    assert len({uid for _, uid in destination.received}) == 40
+    assert classes.count(SC) == 20 and classes.count(SR) == 20 and classes.count(SEG) == 20
+    assert len({uid for _, uid in destination.received}) == 60
     for path in sorted(destination.folder.glob("*.dcm")):
         assert dciodvfy_errors(path) == [], path.name
     sources = {pydicom.dcmread(p).SourceImageSequence[0].ReferencedSOPInstanceUID
@@ -100,11 +100,11 @@ def test_a_radiograph_with_only_type_1_attributes_reaches_the_destination_as_val
                        destinations=[{"ae_title": "DEST", "host": "127.0.0.1", "port": destination.port}]).start()
     try:
         storescu(node.scp_port, [source])
-        assert destination.wait_for(2, timeout=120), f"got {len(destination.received)} of 2"
+        assert destination.wait_for(3, timeout=120), f"got {len(destination.received)} of 3"
     finally:
         node.stop()
         destination.stop()
-    assert sorted(sop_class for sop_class, _ in destination.received) == [SC, SR]
+    assert sorted(sop_class for sop_class, _ in destination.received) == sorted([SC, SR, SEG])
     for path in destination.folder.glob("*.dcm"):
         assert dciodvfy_errors(path) == [], path.name
         assert pydicom.dcmread(path).PatientID == ""
@@ -122,12 +122,12 @@ def test_kill_9_after_ten_acknowledged_loses_nothing_and_duplicates_nothing(
     node.start()
     try:
         assert pynetdicom_send(files[10:], node.scp_port) == [0] * 10
-        assert destination.wait_for(40, timeout=240), f"got {len(destination.received)} of 40"
+        assert destination.wait_for(60, timeout=240), f"got {len(destination.received)} of 60"
     finally:
         node.stop()
         destination.stop()
     uids = [uid for _, uid in destination.received]
-    assert len(uids) == 40 and len(set(uids)) == 40
+    assert len(uids) == 60 and len(set(uids)) == 60
 
 
 def test_results_wait_out_a_destination_outage_then_dead_letters_and_requeue(
@@ -143,26 +143,26 @@ def test_results_wait_out_a_destination_outage_then_dead_letters_and_requeue(
         while not node.events("send_failed"):  # the first delivery attempt has failed
             destination.wait_for(1, timeout=0.5)
         destination.start()
-        assert destination.wait_for(2, timeout=60)  # SC + SR once the destination is up
+        assert destination.wait_for(3, timeout=60)  # SR, SC and SEG once the destination is up
         destination.stop()
 
         assert pynetdicom_send(files[1:], node.scp_port) == [0]
         for _ in range(240):
             status = json.loads(node.admin("status", "--json").stdout)
-            if status["queues"]["deliver"]["dead"] == 2:
+            if status["queues"]["deliver"]["dead"] == 3:
                 break
             destination.wait_for(1, timeout=0.5)
-        assert status["queues"]["deliver"]["dead"] == 2, status
+        assert status["queues"]["deliver"]["dead"] == 3, status
         assert all("cannot associate" in letter["error"] for letter in status["dead_letters"])
 
         destination.start()
         requeued = node.admin("requeue")
-        assert requeued.returncode == 0 and "requeued 2 dead letters" in requeued.stdout
-        assert destination.wait_for(4, timeout=60)
+        assert requeued.returncode == 0 and "requeued 3 dead letters" in requeued.stdout
+        assert destination.wait_for(6, timeout=60)
     finally:
         node.stop()
         destination.stop()
-    assert len({uid for _, uid in destination.received}) == 4
+    assert len({uid for _, uid in destination.received}) == 6
 
 
 def test_unknown_caller_is_rejected_and_a_chest_is_acknowledged_but_not_graded(model_dir: Path,

@@ -1,8 +1,9 @@
-"""`python -m tools.demo`: Orthanc (Debian package) with the reference config, the node beside it, a few
-radiographs.
+"""`python -m tools.demo`: Orthanc (Debian package) with the reference config, the node beside it, OHIF on
+Orthanc's DICOMweb, a few radiographs.
 
 It shows the reference deployment end to end on one machine: radiographs uploaded to Orthanc are routed to the
-node by config/orthanc/route-to-knee-node.lua, graded, and the SC and SR come back into their studies.
+node by config/orthanc/route-to-knee-node.lua, graded, and the SR, SC and SEG come back into their studies; OHIF
+(installed by `make setup`; left out when it is not) shows each study with the SR's measurements.
 """
 
 from __future__ import annotations
@@ -17,8 +18,11 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
+import pydicom
+
 from node.config import Config, ConfigError, Destination, Peer, load_config
 from tools import KNEE_KL
+from tools.ohif import OhifServer
 from tools.orthanc import LocalOrthanc, free_port, sr_grades
 
 
@@ -40,10 +44,17 @@ def run_demo(config: Config, data: Path, count: int, stop: threading.Event) -> i
                                                                  "stop": node_stop}, daemon=True)
     orthanc.start()
     try:
+        ohif = OhifServer(orthanc.url).start()
+    except FileNotFoundError as error:
+        ohif = None
+        print(f"no OHIF: {error}")
+    try:
         node.start()
         if not ready.wait(300):
             raise RuntimeError("the node did not start")
         print(f"Orthanc {orthanc.url}  (Orthanc Explorer: {orthanc.url}/app/explorer.html)")
+        if ohif is not None:
+            print(f"OHIF    {ohif.url}  (its study list)")
         print(f"knee-node KNEE_NODE@127.0.0.1:{node_port}, work folder {folder}")
         records = write_composites(data, folder / "radiographs", count, bilateral_fraction=0.5, seed=int(time.time()),
                                    spacing_mm=0.2)
@@ -65,6 +76,10 @@ def run_demo(config: Config, data: Path, count: int, stop: threading.Event) -> i
                           f"{time.monotonic() - started:.1f} s after upload\n"
                           f"    study  {orthanc.url}/app/explorer.html#study?uuid={study}\n"
                           f"    viewer {orthanc.viewer(results['OT']['ID'])}")
+                    if ohif is not None:
+                        uid = pydicom.dcmread(folder / "radiographs" / record["file"],
+                                              stop_before_pixels=True).StudyInstanceUID
+                        print(f"    OHIF   {ohif.viewer(str(uid))}")
             stop.wait(0.5)
         if not stop.is_set():
             print("Press Ctrl-C to stop.")
@@ -72,6 +87,8 @@ def run_demo(config: Config, data: Path, count: int, stop: threading.Event) -> i
     finally:
         node_stop.set()
         node.join(60)
+        if ohif is not None:
+            ohif.stop()
         orthanc.stop()
         print(f"stopped; files are in {folder}")
     return 0

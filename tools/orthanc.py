@@ -89,10 +89,10 @@ class LocalOrthanc:
             return json.loads(reply.read())
 
     def results(self, study: str) -> dict[str, dict[str, Any]]:
-        """The study's knee-node result series (Orthanc's series objects) by modality: OT (the SC) and SR."""
+        """The study's knee-node result series (Orthanc's series objects) by modality: OT (the SC), SR and SEG."""
         found = {}
         for series in self.get(f"/studies/{study}/series"):
-            if series["MainDicomTags"].get("Modality") in ("OT", "SR"):
+            if series["MainDicomTags"].get("Modality") in ("OT", "SR", "SEG"):
                 tags = self.get(f"/instances/{series['Instances'][0]}/simplified-tags")
                 if tags.get("Manufacturer") == "knee-node":
                     found[series["MainDicomTags"]["Modality"]] = series
@@ -106,7 +106,7 @@ def sr_grades(orthanc: LocalOrthanc, instance: str) -> list[dict[str, Any]]:
     """Laterality (R/L), grade and confidence (%) per knee, read back from the SR stored in Orthanc."""
     sr = hd.sr.srread(pydicom.filebase.DicomBytesIO(orthanc.get_bytes(f"/instances/{instance}/file")))
     knees = []
-    for group in sr.content.get_planar_roi_measurement_groups():
+    for group in sr.content.get_image_measurement_groups():
         (grade,) = group.get_qualitative_evaluations(name=hd.sr.CodedConcept("KLG", "99KNEEKL", "grade"))
         (confidence,) = group.get_measurements(name=hd.sr.CodedConcept("KLC", "99KNEEKL", "confidence"))
         knees.append({"laterality": group.finding_sites[0].laterality.meaning[0],

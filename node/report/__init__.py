@@ -1,4 +1,5 @@
-"""Result objects: a Grad-CAM Secondary Capture and a TID 1500 Structured Report per radiograph."""
+"""Result objects per radiograph: a Structured Report (TID 1500), a Grad-CAM Secondary Capture and, when a knee is
+graded, a Segmentation holding the Grad-CAM as a toggleable overlay."""
 
 from __future__ import annotations
 
@@ -8,12 +9,13 @@ from node.analysis.model import ModelSpec
 from node.domain import Analysis
 from node.report.identity import Equipment
 from node.report.sc import build_sc
+from node.report.seg import build_seg
 from node.report.sr import build_sr
 
 __all__ = ["Equipment", "build_outputs"]
 
 
-def build_outputs(analysis: Analysis, spec: ModelSpec, equipment: Equipment) -> tuple[Dataset, Dataset]:
-    """(Secondary Capture, Structured Report) for one analysed radiograph."""
-    return build_sc(analysis, spec, equipment), build_sr(analysis, spec, equipment)
-
+def build_outputs(analysis: Analysis, spec: ModelSpec, equipment: Equipment) -> tuple[Dataset, ...]:
+    """(SR, SC) and, when a knee is graded, the SEG: in the order they are delivered, the report's kB first."""
+    outputs = (build_sr(analysis, spec, equipment), build_sc(analysis, spec, equipment))
+    return (*outputs, build_seg(analysis, spec, equipment)) if analysis.knees else outputs

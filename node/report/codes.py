@@ -1,4 +1,4 @@
-"""Coded concepts of the result encoding (DESIGN.md); 99KNEEKL is our private coding scheme."""
+"""Coded concepts of the result encoding (docs/results.md); 99KNEEKL is our private coding scheme."""
 
 from __future__ import annotations
 
@@ -31,6 +31,11 @@ RELIABILITY_VALUES = {
 }
 
 
+# The SEG's one segment: an algorithm's map over the image, not anatomy (CID 7150 category, private type).
+SPATIAL_AND_RELATIONAL_CONCEPT = CodedConcept("309825002", "SCT", "Spatial and Relational Concept")
+ATTENTION_MAP = _private("ATM", "Grad-CAM attention map")
+
+
 def kl_grade_value(grade: int) -> CodedConcept:
     return _private(f"KL{grade}", f"KL grade {grade}")
 
@@ -39,12 +44,14 @@ def kl_probability(grade: int) -> CodedConcept:
     return _private(f"KLP{grade}", f"Probability of KL grade {grade}")
 
 
-OSTEOARTHRITIS_OF_KNEE = CodedConcept("239873007", "SCT", "Osteoarthritis of knee")
 KNEE_JOINT = CodedConcept("49076000", "SCT", "Knee joint")
 LATERALITY = {
     Laterality.RIGHT: CodedConcept("24028007", "SCT", "Right"),
     Laterality.LEFT: CodedConcept("7771000", "SCT", "Left"),
 }
-PLAIN_XRAY_OF_KNEE = CodedConcept("74016001", "SCT", "Plain X-ray of knee")
+# CID 100 has no radiography of the knee; its generic entry (the knee is the finding site, CR/DX the modality).
+IMAGING_PROCEDURE = CodedConcept("363679005", "SCT", "Imaging procedure")
+IMAGE_REGION = CodedConcept("111030", "DCM", "Image Region")
+COMMENT = CodedConcept("121106", "DCM", "Comment")
 NO_UNITS = CodedConcept("1", "UCUM", "no units")
 PERCENT = CodedConcept("%", "UCUM", "percent")

@@ -1,4 +1,4 @@
-"""Who made an output and which series it joins: attributes shared by the SC and the SR."""
+"""Who made an output and which series it joins: attributes shared by the SC, the SR and the SEG."""
 
 from __future__ import annotations
 
@@ -17,11 +17,12 @@ from node.selection import MANUFACTURER
 
 SC_SERIES_NUMBER = 9901
 SR_SERIES_NUMBER = 9902
+SEG_SERIES_NUMBER = 9903
 
 
 @dataclass(frozen=True)
 class Equipment:
-    """The node as observer (SR) and creator (SC, SR) of its results."""
+    """The node as observer (SR) and creator (SC, SR, SEG) of its results."""
 
     name: str = "KNEE_NODE"
     serial_number: str = field(default_factory=socket.gethostname)
@@ -52,7 +53,7 @@ def with_type_2(header: Dataset) -> Dataset:
 
 
 def output_attributes(header: Dataset, spec: ModelSpec, equipment: Equipment,
-                      kind: Literal["sc", "sr"]) -> dict[str, Any]:
+                      kind: Literal["sc", "sr", "seg"]) -> dict[str, Any]:
     """UIDs derived from (source, model version), equipment, and the source's character set."""
     attributes: dict[str, Any] = {
         # One result series per source series, one result instance per source instance.

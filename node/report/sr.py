@@ -1,4 +1,7 @@
-"""The Comprehensive SR (TID 1500) of one radiograph: one measurement group (TID 1410) per graded knee."""
+"""The Comprehensive SR (TID 1500) of one radiograph: one measurement group (TID 1501) per graded knee.
+
+The structure is the contract docs/results.md describes; tests/report/test_results_doc.py reads an SR back against it.
+"""
 
 from __future__ import annotations
 
@@ -9,16 +12,17 @@ from highdicom.sr import (
     CodedConcept,
     ContainerContentItem,
     ContentSequence,
+    CoordinatesForMeasurement,
     DeviceObserverIdentifyingAttributes,
     FindingSite,
     ImageContentItem,
     ImageRegion,
     LanguageOfContentItemAndDescendants,
     Measurement,
+    MeasurementsAndQualitativeEvaluations,
     NumContentItem,
     ObservationContext,
     ObserverContext,
-    PlanarROIMeasurementsAndQualitativeEvaluations,
     QualitativeEvaluation,
     RelationshipTypeValues,
     SourceImageForRegion,
@@ -56,7 +60,7 @@ def build_sr(analysis: Analysis, spec: ModelSpec, equipment: Equipment) -> hd.sr
             uid=equipment.uid, name=equipment.name, manufacturer_name=equipment.manufacturer,
             model_name=equipment.model_name, serial_number=equipment.serial_number),
     )))
-    root.ContentSequence.append(CodeContentItem(name=codes.DCM.ProcedureReported, value=kl.PLAIN_XRAY_OF_KNEE,
+    root.ContentSequence.append(CodeContentItem(name=codes.DCM.ProcedureReported, value=kl.IMAGING_PROCEDURE,
                                                 relationship_type=RelationshipTypeValues.HAS_CONCEPT_MOD))
     root.ContentSequence.append(image_library(analysis.radiograph))
     if analysis.knees:
@@ -87,27 +91,37 @@ def build_sr(analysis: Analysis, spec: ModelSpec, equipment: Equipment) -> hd.sr
     )
 
 
-def measurement_group(knee: KneeResult, header: Dataset,
-                      spec: ModelSpec) -> PlanarROIMeasurementsAndQualitativeEvaluations:
+def knee_label(knee: KneeResult) -> str:
+    """What a viewer shows for the knee's measurement, e.g. "Right knee: KL 2, 78 %"."""
+    return f"{knee.roi.laterality.word} knee: KL {knee.grade}, {100 * knee.confidence:.0f} %"
+
+
+def measurement_group(knee: KneeResult, header: Dataset, spec: ModelSpec) -> MeasurementsAndQualitativeEvaluations:
+    """One knee's TID 1501 group, laid out as docs/results.md describes (and OHIF's SR adapter reads it).
+
+    The knee's box is both the group's region (a SCOORD the group CONTAINS: how OHIF picks its rectangle tool) and
+    what the first measurement, the grade number, is INFERRED FROM (where OHIF takes the box's coordinates).  The
+    Comment is the label OHIF gives the measurement.
+    """
     side = knee.roi.laterality
+    source = SourceImageForRegion(referenced_sop_class_uid=header.SOPClassUID,
+                                  referenced_sop_instance_uid=header.SOPInstanceUID)
+    box = {"graphic_type": GraphicTypeValues.POLYLINE, "graphic_data": knee.roi.corners, "source_image": source}
+    grade_number = Measurement(name=kl.KL_GRADE_NUMBER, value=knee.grade, unit=kl.NO_UNITS,
+                               referenced_coordinates=[CoordinatesForMeasurement(**box, purpose=kl.IMAGE_REGION)])
     probabilities = [Measurement(name=kl.kl_probability(grade), value=round(100 * p, 2), unit=kl.PERCENT)
                      for grade, p in enumerate(knee.probabilities)]
-    return PlanarROIMeasurementsAndQualitativeEvaluations(
+    group = MeasurementsAndQualitativeEvaluations(
         tracking_identifier=TrackingIdentifier(
             uid=derived_uid(header.SOPInstanceUID, spec.version, "knee", side.value),
             identifier=f"{side.word} knee"),
-        referenced_region=ImageRegion(
-            graphic_type=GraphicTypeValues.POLYLINE,
-            graphic_data=knee.roi.corners,
-            source_image=SourceImageForRegion(referenced_sop_class_uid=header.SOPClassUID,
-                                              referenced_sop_instance_uid=header.SOPInstanceUID)),
-        finding_type=kl.OSTEOARTHRITIS_OF_KNEE,
+        finding_type=kl.kl_grade_value(knee.grade),
         finding_sites=[FindingSite(anatomic_location=kl.KNEE_JOINT, laterality=kl.LATERALITY[side])],
         algorithm_id=AlgorithmIdentification(
             name=spec.name, version=spec.version,
             parameters=[f"weights sha256 {spec.sha256}", f"temperature {spec.temperature}"]),
         measurements=[
-            Measurement(name=kl.KL_GRADE_NUMBER, value=knee.grade, unit=kl.NO_UNITS),
+            grade_number,
             Measurement(name=kl.KL_CONFIDENCE, value=round(100 * knee.confidence, 2), unit=kl.PERCENT),
             *probabilities,
             Measurement(name=kl.JOINT_ATTENTION, value=round(100 * knee.attention, 2), unit=kl.PERCENT),
@@ -117,6 +131,11 @@ def measurement_group(knee: KneeResult, header: Dataset,
             QualitativeEvaluation(name=kl.RELIABILITY, value=kl.RELIABILITY_VALUES[knee.reliability]),
         ],
     )
+    group[0].ContentSequence.extend([
+        ImageRegion(**box),
+        TextContentItem(name=kl.COMMENT, value=knee_label(knee), relationship_type=CONTAINS),
+    ])
+    return group
 
 
 def image_library(radiograph: Radiograph) -> ContainerContentItem:

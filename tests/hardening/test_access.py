@@ -97,10 +97,10 @@ def test_tls_scp_lets_in_only_callers_with_a_trusted_certificate_and_results_go_
         assert echo(node.peer(), "TEST_SCU", tls=client(pki, "stranger")) is None  # from another CA
         (sent,) = send([radiograph], node.peer(), "TEST_SCU", tls=client(pki, "client"))
         assert sent.status == 0x0000
-        assert destination.wait_for(2, timeout=120)  # SC + SR, over TLS with the node's certificate
+        assert destination.wait_for(3, timeout=120)  # SR, SC, SEG, over TLS with the node's certificate
         # The node counts a delivery once the destination's answer is in, a moment after the destination has it.
-        wait_until(lambda: node.metric("knee_node_sent_total") >= 2, timeout=10)
-        assert node.metric("knee_node_sent_total") == 2
+        wait_until(lambda: node.metric("knee_node_sent_total") >= 3, timeout=10)
+        assert node.metric("knee_node_sent_total") == 3
     finally:
         node.stop()
         destination.stop()

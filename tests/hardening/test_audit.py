@@ -46,8 +46,8 @@ def test_no_patient_data_in_logs_metrics_or_audit_and_the_audit_trail_is_complet
                        destinations=[{"ae_title": "DEST", "host": "127.0.0.1", "port": destination.port}]).start()
     try:
         assert [result.status for result in send(radiographs, node.peer(), "TEST_SCU")] == [0x0000] * 3
-        assert destination.wait_for(4, timeout=120)
-        wait_until(lambda: node.metric("knee_node_sent_total") >= 4, timeout=30)
+        assert destination.wait_for(6, timeout=120)
+        wait_until(lambda: node.metric("knee_node_sent_total") >= 6, timeout=30)
         with urllib.request.urlopen(f"http://127.0.0.1:{node.metrics_port}/metrics", timeout=5) as reply:
             metrics = reply.read().decode()
     finally:
@@ -81,6 +81,6 @@ def test_no_patient_data_in_logs_metrics_or_audit_and_the_audit_trail_is_complet
         assert record["model"] == "test-random 0.0.0-test" and record["patient"] == patient
         assert record["knees"] and all(knee["grade"] in range(5) for knee in record["knees"])
     delivered = by_event["delivered"]
-    assert len(delivered) == 4 and {r["source"] for r in delivered} == set(sources[:2])
+    assert len(delivered) == 6 and {r["source"] for r in delivered} == set(sources[:2])
     assert {(r["destination"], r["status"]) for r in delivered} == {("DEST", "0x0000")}
     assert {r["sop_instance_uid"] for r in delivered} == {uid for _, uid in destination.received}

@@ -79,10 +79,10 @@ def queue_counts(node: NodeProcess) -> dict[str, dict[str, int]]:
 
 
 def check_delivered(destination: StoreScp, sources: list[Path], duplicates_allowed: int = 0) -> None:
-    """One SC and one SR per source at the destination; arrivals beyond the distinct UIDs are redeliveries."""
-    wait_until(lambda: len({uid for _, uid in destination.received}) >= 2 * len(sources), timeout=120)
+    """One SR, SC and SEG per source at the destination; arrivals beyond the distinct UIDs are redeliveries."""
+    wait_until(lambda: len({uid for _, uid in destination.received}) >= 3 * len(sources), timeout=120)
     uids = [uid for _, uid in destination.received]
-    assert len(set(uids)) == 2 * len(sources)
+    assert len(set(uids)) == 3 * len(sources)
     print(f"delivered {len(set(uids))} distinct results in {len(uids)} arrivals")
     assert len(uids) - len(set(uids)) <= duplicates_allowed, f"{len(uids) - len(set(uids))} delivered twice"
     referenced = {pydicom.dcmread(path).SourceImageSequence[0].ReferencedSOPInstanceUID
@@ -175,13 +175,13 @@ def test_destinations_answering_failure_are_retried_then_dead_lettered_never_cou
     try:
         send_all(radiographs[:2], node)
         check_delivered(healthy, radiographs[:2])  # one failing destination does not hold up another
-        wait_until(lambda: queue_counts(node)["deliver"].get("dead", 0) == 8, timeout=120)
-        assert node.metric("knee_node_sent_total") == 4
+        wait_until(lambda: queue_counts(node)["deliver"].get("dead", 0) == 12, timeout=120)
+        assert node.metric("knee_node_sent_total") == 6
     finally:
         node.stop()
         for scp in (full, refusing, healthy):
             scp.stop()
-    assert full.attempts == refusing.attempts == 4 * 3  # four results, three attempts each
+    assert full.attempts == refusing.attempts == 6 * 3  # six results, three attempts each
     assert full.received == refusing.received == []
     letters = json.loads(node.admin("status", "--json").stdout)["dead_letters"]
     assert sorted(letter["error"] for letter in letters) == ["status 0xA700"] * 4 + ["status 0xC000"] * 4

@@ -1,4 +1,4 @@
-"""The Structured Report: valid (dciodvfy, dsrdump), readable back with highdicom, per DESIGN.md's encoding."""
+"""The Structured Report: valid (dciodvfy, dsrdump, PixelMed), readable back with highdicom, per docs/results.md."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from node.domain import Analysis, Laterality, Refusal, RefusedKnee
 from node.report import Equipment, build_outputs
 from node.report.sr import build_sr
 from node.training.data import CropSet
-from tests.helpers import dciodvfy_errors, require_tool
+from tests.helpers import dciodvfy_errors, pixelmed_sr_findings, require_tool
 from tests.report.conftest import analyse
 
 
@@ -24,6 +24,12 @@ def written(tmp_path: Path, analysis: Analysis, analyzer: Analyzer, equipment: E
     path = tmp_path / "sr.dcm"
     build_sr(analysis, analyzer.spec, equipment).save_as(path, enforce_file_format=True)
     return path
+
+
+def box(item: hd.sr.ContentItem) -> hd.sr.ScoordContentItem:
+    """The one SCOORD directly under `item` (a measurement group or a NUM)."""
+    (region,) = [child for child in item.ContentSequence if child.ValueType == "SCOORD"]
+    return region
 
 
 def dsrdump(path: Path, *options: str) -> subprocess.CompletedProcess[str]:
@@ -49,10 +55,10 @@ def test_sr_round_trips_through_highdicom(tmp_path: Path, graded: Analysis, anal
     assert sr.Modality == "SR" and sr.StudyInstanceUID == graded.radiograph.header.StudyInstanceUID
     assert sr.SeriesInstanceUID != graded.radiograph.header.SeriesInstanceUID
     assert [item.CodingSchemeDesignator for item in sr.CodingSchemeIdentificationSequence] == ["99KNEEKL"]
-    (group,) = sr.content.get_planar_roi_measurement_groups()
+    (group,) = sr.content.get_image_measurement_groups()
     side = knee.roi.laterality
     assert group.tracking_identifier == f"{side.word} knee"
-    assert group.finding_type == hd.sr.CodedConcept("239873007", "SCT", "Osteoarthritis of knee")
+    assert group.finding_type == hd.sr.CodedConcept(f"KL{knee.grade}", "99KNEEKL", f"KL grade {knee.grade}")
     (site,) = group.finding_sites
     assert site.value == hd.sr.CodedConcept("49076000", "SCT", "Knee joint")
     assert site.laterality == {Laterality.RIGHT: hd.sr.CodedConcept("24028007", "SCT", "Right"),
@@ -72,11 +78,15 @@ def test_sr_round_trips_through_highdicom(tmp_path: Path, graded: Analysis, anal
     assert [number(f"KLP{k}") for k in range(5)] == pytest.approx([100 * p for p in knee.probabilities], abs=0.005)
     assert number("ATJ") == pytest.approx(100 * knee.attention, abs=0.005)
     assert coded("REL") == knee.reliability.value
-    region = group.roi
-    assert region.graphic_type == hd.sr.GraphicTypeValues.POLYLINE
-    np.testing.assert_allclose(region.value, knee.roi.corners, atol=0.01)
-    (source,) = region.ContentSequence  # SELECTED FROM the radiograph
-    assert source.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == graded.radiograph.header.SOPInstanceUID
+    # The box twice: the group's region, and what the grade number is inferred from (both read by OHIF).
+    (grade_number,) = group.get_measurements(name=hd.sr.CodedConcept("KLN", "99KNEEKL", "x"))
+    for region in (box(group[0]), box(grade_number[0])):
+        assert region.graphic_type == hd.sr.GraphicTypeValues.POLYLINE
+        np.testing.assert_allclose(region.value, knee.roi.corners, atol=0.01)
+        (source,) = region.ContentSequence  # SELECTED FROM the radiograph
+        assert source.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == graded.radiograph.header.SOPInstanceUID
+    (label,) = [item.value for item in group[0].ContentSequence if item.name == codes.DCM.Comment]
+    assert label == f"{side.word} knee: KL {knee.grade}, {100 * knee.confidence:.0f} %"
     parameters = [item.TextValue for item in group[0].ContentSequence
                   if item.ConceptNameCodeSequence[0].CodeMeaning == "Algorithm Parameters"]
     assert f"weights sha256 {analyzer.spec.sha256}" in parameters
@@ -86,13 +96,21 @@ def test_a_bilateral_radiograph_gives_one_measurement_group_per_knee(tmp_path: P
                                                                     analyzer: Analyzer, equipment: Equipment) -> None:
     path = written(tmp_path, bilateral, analyzer, equipment)
     assert dciodvfy_errors(path) == []
-    groups = hd.sr.srread(path).content.get_planar_roi_measurement_groups()
+    groups = hd.sr.srread(path).content.get_image_measurement_groups()
     assert sorted(group.tracking_identifier for group in groups) == ["Left knee", "Right knee"]
     for group in groups:
         knee = next(k for k in bilateral.knees if f"{k.roi.laterality.word} knee" == group.tracking_identifier)
         (grade,) = group.get_measurements(name=hd.sr.CodedConcept("KLN", "99KNEEKL", "x"))
         assert float(grade.value) == knee.grade
-        np.testing.assert_allclose(group.roi.value, knee.roi.corners, atol=0.01)
+        np.testing.assert_allclose(box(group[0]).value, knee.roi.corners, atol=0.01)
+    # PixelMed: no errors.  Its template tables (2022) lack TID 1501 rows 11 and 12, the group's coded and text
+    # qualitative evaluations, so it calls KLG, REL and the label "not in template" (docs/results.md).
+    findings = pixelmed_sr_findings(path)
+    assert [line for line in findings if line.startswith("Error")] == []
+    warned = {line.split("/")[-1] for line in findings}
+    assert warned == {f'{item}: Content Item not in template' for item in (
+        'CODE (KLG,99KNEEKL,"Kellgren-Lawrence grade")', 'CODE (REL,99KNEEKL,"Result reliability")',
+        'TEXT (121106,DCM,"Comment")')}, findings
 
 
 def test_sr_without_a_graded_knee_says_why(tmp_path: Path, not_graded: Analysis, analyzer: Analyzer,
@@ -100,7 +118,7 @@ def test_sr_without_a_graded_knee_says_why(tmp_path: Path, not_graded: Analysis,
     path = written(tmp_path, not_graded, analyzer, equipment)
     assert dciodvfy_errors(path) == []
     sr = hd.sr.srread(path)
-    assert sr.content.get_planar_roi_measurement_groups() == []
+    assert sr.content.get_image_measurement_groups() == []
     texts = [item for item in hd.sr.utils.find_content_items(sr, recursive=True)
              if item.ValueType == "TEXT" and item.name == codes.DCM.Comment]
     assert [item.value for item in texts] == ["No knee graded: lateral view (ViewPosition LL) is not graded"]
@@ -116,7 +134,7 @@ def test_output_uids_depend_only_on_source_and_model_version(graded: Analysis, a
         assert (one.SOPInstanceUID, one.SeriesInstanceUID) == (two.SOPInstanceUID, two.SeriesInstanceUID)
     newer = build_outputs(graded, replace(analyzer.spec, version="9.9.9"), equipment)
     assert {o.SOPInstanceUID for o in first}.isdisjoint(o.SOPInstanceUID for o in newer)
-    assert len({o.SOPInstanceUID for o in first} | {o.SeriesInstanceUID for o in first}) == 4
+    assert len({o.SOPInstanceUID for o in first} | {o.SeriesInstanceUID for o in first}) == 6  # SR, SC, SEG
 
 
 def test_patient_study_and_character_set_are_carried_over(tmp_path: Path, analyzer: Analyzer, equipment: Equipment,
@@ -141,10 +159,12 @@ def test_a_refused_knee_gets_its_reason_and_no_measurement_group(tmp_path: Path,
     path = written(tmp_path, analysis, analyzer, equipment)
     assert dciodvfy_errors(path) == []
     sr = hd.sr.srread(path)
-    groups = sr.content.get_planar_roi_measurement_groups()
+    groups = sr.content.get_image_measurement_groups()
     assert [group.tracking_identifier for group in groups] == [f"{graded.roi.laterality.word} knee"]
     texts = [item.value for item in hd.sr.utils.find_content_items(sr, recursive=True)
              if item.ValueType == "TEXT" and item.name == codes.DCM.Comment]
-    assert texts == [f"{refused.roi.laterality.word} knee: metal implant over the joint: not graded"]
+    # The graded knee's own Comment is its label; the refused knee has only its reason.
+    assert [text for text in texts if text.startswith(refused.roi.laterality.word)] == [
+        f"{refused.roi.laterality.word} knee: metal implant over the joint: not graded"]
     dump = dsrdump(path)
     assert "W:" not in dump.stdout + dump.stderr
