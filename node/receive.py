@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import secrets
 import shutil
 import ssl
 import tempfile
@@ -30,7 +31,7 @@ from node.infra.metrics import Metrics
 from node.infra.storage import is_valid_uid, move_durably
 from node.infra.tls import server_context
 from node.instances import SUPPORTED_TRANSFER_SYNTAXES, DecodeError, read_header
-from node.queue import ANALYZE, AnalyzeJob, Queue, QueueUnavailable
+from node.queue import AnalyzeJob, Queue, QueueFull, QueueUnavailable
 
 SUCCESS = 0x0000
 OUT_OF_RESOURCES = 0xA700
@@ -189,12 +190,9 @@ class Receiver:
                 if self.config.scp.keep_unselected:
                     self.keep(received, self.unselected / f"{uid}.dcm")
             else:
-                if self.queue.depth(ANALYZE) >= self.config.queue.max_depth:
-                    return self.refuse(OUT_OF_RESOURCES, calling, uid, "queue full")
-                path = self.spool / f"{uid}.dcm"
-                self.keep(received, path)
-                self.queue.put(uid, AnalyzeJob(path=str(path), patient=fields["patient"], received_at=time.time()))
-                self.metrics.selected.inc()
+                self.spool_and_queue(received, uid, fields["patient"])
+        except QueueFull:
+            return self.refuse(OUT_OF_RESOURCES, calling, uid, "queue full")
         except (OSError, QueueUnavailable) as error:  # disk full, quota, permissions: promise nothing
             return self.refuse(OUT_OF_RESOURCES, calling, uid, f"cannot keep instance: {error}")
         self.metrics.received.inc()
@@ -202,6 +200,23 @@ class Receiver:
         self.audit.record("received", address=event.assoc.requestor.address, selected=reason is None,
                           reason=reason or "", **fields)
         return SUCCESS
+
+    def spool_and_queue(self, received: Path, uid: str, patient: str) -> None:
+        """Into the spool, then queued within the queue's bound (QueueFull: nothing kept).  The spool file has a
+        name of its own, so that a concurrent copy of the same instance (another association or receiver) that
+        meets the bound or finds the job queued never removes the file of the job that was queued."""
+        path = self.spool / f"{uid}.{secrets.token_hex(4)}.dcm"
+        self.keep(received, path)
+        try:
+            queued = self.queue.put(uid, AnalyzeJob(path=str(path), patient=patient, received_at=time.time()),
+                                    max_depth=self.config.queue.max_depth)
+        except QueueFull:  # nothing queued (unlike an unavailable queue, which may have taken the job)
+            path.unlink()
+            raise
+        if queued:
+            self.metrics.selected.inc()
+        else:  # waiting for analysis already, from an earlier copy with its own file
+            path.unlink()
 
     def keep(self, received: Path, path: Path) -> None:
         """Move durably, unless that would eat into the disk reserve (OSError, as a full disk would)."""

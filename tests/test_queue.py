@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -14,7 +15,7 @@ import pytest
 
 import node.queue.redis
 from node.config import Config, ConfigError, DispatchConfig, QueueConfig, load_config
-from node.queue import ANALYZE, DELIVER, AnalyzeJob, DeliverJob, Queue, State, messages, open_queue
+from node.queue import ANALYZE, DELIVER, AnalyzeJob, DeliverJob, Queue, QueueFull, State, messages, open_queue
 
 OpenQueue = Callable[..., Queue]
 
@@ -88,6 +89,37 @@ def test_one_unfinished_job_per_key_and_complete_queues_the_follow_ups(open_: Op
     assert sorted(job.key for job in queue.claim(DELIVER, 10)) == ["9.1@PACS", "9.2@PACS"]
     assert queue.claim(DELIVER, 10) == []
     assert queue.depth(ANALYZE) == 2 and queue.depth(DELIVER) == 2
+
+
+def test_the_bound_holds_against_concurrent_putters(open_: OpenQueue) -> None:
+    """8 putters, each with its own connection as receivers in separate processes have, race for 16 places."""
+    putters, bound = [open_() for _ in range(8)], 16
+    start = threading.Barrier(len(putters))
+    outcomes: list[str] = []
+
+    def put_ten(number: int, queue: Queue) -> None:
+        start.wait()
+        for job in range(10):
+            try:
+                queued = queue.put(f"{number}.{job}", analyze_job(), max_depth=bound)
+                outcomes.append("queued" if queued else "same key")
+            except QueueFull:
+                outcomes.append("full")
+
+    threads = [threading.Thread(target=put_ten, args=pair) for pair in enumerate(putters)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    queue = putters[0]
+    assert (outcomes.count("queued"), outcomes.count("full")) == (bound, 80 - bound)
+    assert queue.depth(ANALYZE) == bound
+    (job,) = queue.claim(ANALYZE, 1)
+    assert not queue.put(job.key, analyze_job(), max_depth=bound)  # at the bound, a resent instance is no new job
+    with pytest.raises(QueueFull):
+        queue.put("9.9", analyze_job(), max_depth=bound)  # leased jobs count
+    queue.complete(job)
+    assert queue.put("9.9", analyze_job(), max_depth=bound)
 
 
 def test_retry_waits_its_delay_then_dead_letters_when_attempts_run_out(open_: OpenQueue) -> None:

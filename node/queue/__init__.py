@@ -17,12 +17,16 @@ from node.queue.messages import ANALYZE, DELIVER, AnalyzeJob, DeliverJob, Messag
 if TYPE_CHECKING:
     from node.config import Config
 
-__all__ = ["ANALYZE", "DELIVER", "AnalyzeJob", "DeadJob", "DeliverJob", "Job", "Message", "Queue", "QueueUnavailable",
-           "State", "open_queue"]
+__all__ = ["ANALYZE", "DELIVER", "AnalyzeJob", "DeadJob", "DeliverJob", "Job", "Message", "Queue", "QueueFull",
+           "QueueUnavailable", "State", "open_queue"]
 
 
 class QueueUnavailable(Exception):
     """The queue cannot take or give jobs right now (disk full, broker down); callers answer accordingly."""
+
+
+class QueueFull(Exception):
+    """The topic already holds its bound of unfinished jobs: put() changed nothing."""
 
 
 class State(StrEnum):
@@ -50,9 +54,11 @@ class DeadJob:
 class Queue(Protocol):
     """`max_attempts` per topic is given to the backend's constructor."""
 
-    def put(self, key: str, message: Message) -> bool:
+    def put(self, key: str, message: Message, max_depth: int | None = None) -> bool:
         """Durably enqueue on the message's topic; False when an unfinished job with the same key exists (then
-        nothing changes)."""
+        nothing changes).  With `max_depth`, raises QueueFull where the topic already holds that many unfinished
+        jobs; the check and the put are one atomic step, so concurrent putters (any process, any host) never
+        take the topic past its bound."""
 
     def claim(self, topic: str, limit: int) -> list[Job]:
         """Lease up to `limit` available jobs, oldest first; jobs whose attempts ran out go to dead-letter."""

@@ -26,8 +26,9 @@ local function finish(topic, id)  -- no longer unfinished: its key is free again
   drop_entry(topic, id)
 end
 
-local function put(topic, job_key, payload)
+local function put(topic, job_key, payload, max_depth)  -- 1 queued, 0 key unfinished already, -1 topic full
   if redis.call('HEXISTS', key(topic, 'keys'), job_key) == 1 then return 0 end
+  if max_depth and redis.call('ZCARD', key(topic, 'created')) >= max_depth then return -1 end
   local id = tostring(redis.call('INCR', key('next-id')))
   redis.call('HSET', key('job', id), 'topic', topic, 'key', job_key, 'payload', payload, 'attempts', 0,
              'created_at', now, 'error', '')
@@ -67,7 +68,7 @@ local function return_orphans(topic, me, timeout)  -- leases of consumers whose 
 end
 
 -- script: put
-return put(ARGV[1], ARGV[2], ARGV[3])
+return put(ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]))
 
 -- script: heartbeat
 redis.call('ZADD', key('consumers'), now, ARGV[1])

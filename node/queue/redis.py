@@ -7,7 +7,7 @@ Data layout (all keys under `knee-node:`; T is a topic, N a job number):
     job:N       hash    topic, key, payload (JSON), attempts, created_at, error; entry: its stream entry while
                         queued or leased, else empty; letter: its entry in T:dead once dead-lettered
     T:keys      hash    key -> N of the unfinished job with that key: one unfinished job per (topic, key)
-    T:created   zset    N scored by created_at, every unfinished job: depth, oldest age
+    T:created   zset    N scored by created_at, every unfinished job: depth (and the bound put checks), oldest age
     T:stream    stream  one entry {job: N} per queued or leased job, consumer group `consumers`: an entry not yet
                         delivered is queued, a pending one (in the group's PEL) is leased by its consumer.
                         Giving a job back to the queue = XACK + XDEL its entry and XADD a fresh one.
@@ -42,7 +42,7 @@ from typing import Any
 
 import redis
 
-from node.queue import DeadJob, Job, Message, QueueUnavailable, State
+from node.queue import DeadJob, Job, Message, QueueFull, QueueUnavailable, State
 from node.queue.messages import decode, encode
 
 PREFIX = "knee-node:"
@@ -107,8 +107,11 @@ class RedisQueue:
             except QueueUnavailable:  # the next claim reports it; peers may take this consumer's leases meanwhile
                 continue
 
-    def put(self, key: str, message: Message) -> bool:
-        return bool(self._run("put", message.topic, key, encode(message)))
+    def put(self, key: str, message: Message, max_depth: int | None = None) -> bool:
+        added = int(self._run("put", message.topic, key, encode(message), "" if max_depth is None else max_depth))
+        if added < 0:
+            raise QueueFull(f"{message.topic} queue holds {max_depth} jobs")
+        return added == 1
 
     def claim(self, topic: str, limit: int) -> list[Job]:
         self._beat()

@@ -9,7 +9,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from node.queue import DeadJob, Job, Message, QueueUnavailable, State
+from node.queue import DeadJob, Job, Message, QueueFull, QueueUnavailable, State
 from node.queue.messages import decode, encode
 
 SCHEMA = """
@@ -62,10 +62,16 @@ class SqliteQueue:
             return False
         return True
 
-    def put(self, key: str, message: Message) -> bool:
+    def put(self, key: str, message: Message, max_depth: int | None = None) -> bool:
         with self._available:
             try:
+                # BEGIN IMMEDIATE takes the write lock first: no other process puts between the count and the insert.
                 with self._transaction() as db:
+                    if db.execute("SELECT 1 FROM jobs WHERE topic = ? AND key = ? AND state IN (?, ?)",
+                                  (message.topic, key, State.QUEUED, State.LEASED)).fetchone():
+                        return False
+                    if max_depth is not None and self._depth(db, message.topic) >= max_depth:
+                        raise QueueFull(f"{message.topic} queue holds {max_depth} jobs")
                     added = self._insert(db, key, message)
             except sqlite3.OperationalError as error:  # disk full, I/O error, locked for too long
                 raise QueueUnavailable(str(error)) from error
@@ -121,8 +127,12 @@ class SqliteQueue:
 
     def depth(self, topic: str) -> int:
         with self._lock:
-            (count,) = self._db.execute("SELECT COUNT(*) FROM jobs WHERE topic = ? AND state IN (?, ?)",
-                                        (topic, State.QUEUED, State.LEASED)).fetchone()
+            return self._depth(self._db, topic)
+
+    @staticmethod
+    def _depth(db: sqlite3.Connection, topic: str) -> int:
+        (count,) = db.execute("SELECT COUNT(*) FROM jobs WHERE topic = ? AND state IN (?, ?)",
+                              (topic, State.QUEUED, State.LEASED)).fetchone()
         return int(count)
 
     def wait(self, timeout: float) -> None:
