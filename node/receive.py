@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pynetdicom import AE, AllStoragePresentationContexts, _config, evt
+from pynetdicom import AE, AllStoragePresentationContexts, _config, dimse_messages, evt
 from pynetdicom.association import Association
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
@@ -42,6 +42,46 @@ STALE_SECONDS = 600  # an incoming file untouched this long belongs to a transfe
 # is closed: port scanners, health checks and stalled peers must not hold a place.
 REQUEST_DEADLINE_SECONDS = 5.0
 UNLIMITED = 2**31 - 1  # pynetdicom's own limit counts idle connections too; the receiver counts associations
+
+
+class IncomingFile:
+    """The file pynetdicom writes an arriving instance into, made so that a failing write does not abort the
+    association.
+
+    pynetdicom aborts when writing to its file raises (data_dir full, quota, I/O error).  This file keeps the first
+    error instead, drops the rest of the instance, and the handler answers 0xA700: the peer may resend later.
+    Installed in place of pynetdicom's NamedTemporaryFile (it writes to `.file` and names the file by `.name`).
+    """
+
+    def __init__(self, **options: Any) -> None:
+        self.error: OSError | None = None
+        self.file = self  # pynetdicom flushes `file` after each fragment
+        try:
+            self._file: Any = tempfile.NamedTemporaryFile(**options)  # noqa: SIM115 (pynetdicom closes it)
+            self.name = self._file.name
+        except OSError as error:  # not even an empty file could be made: a name that cannot exist
+            self._file, self.error = None, error
+            self.name = str(Path(tempfile.gettempdir()) / f"unwritable-{secrets.token_hex(8)}.dcm")
+
+    def write(self, data: bytes) -> int:
+        if self.error is None:
+            try:
+                self._file.write(data)
+            except OSError as error:
+                self.error = error
+        return len(data)
+
+    def flush(self) -> None:
+        if self.error is None:
+            try:
+                self._file.flush()
+            except OSError as error:
+                self.error = error
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            if self._file is not None:
+                self._file.close()
 
 
 class PerConnectionTlsServer(ThreadedAssociationServer):
@@ -100,6 +140,7 @@ class Receiver:
         # removes the file after the handler unless the handler moved it, but not that of a transfer cut off.
         _config.STORE_RECV_CHUNKED_DATASET = True
         tempfile.tempdir = str(self.incoming)  # pynetdicom's files go where tempfile puts them
+        dimse_messages.NamedTemporaryFile = IncomingFile  # type: ignore[attr-defined,assignment]
         self.sweep()
         context = server_context(self.config.tls)
         server = self.ae.make_server((scp.bind_address, scp.port), server_class=PerConnectionTlsServer,
@@ -175,6 +216,9 @@ class Receiver:
         uid = str(event.request.AffectedSOPInstanceUID or "")
         if not is_valid_uid(uid):
             return self.refuse(CANNOT_UNDERSTAND, calling, uid, "invalid SOP Instance UID")
+        incoming = event.request._dataset_file
+        if isinstance(incoming, IncomingFile) and incoming.error is not None:
+            return self.refuse(OUT_OF_RESOURCES, calling, uid, f"cannot write instance: {incoming.error}")
         received = Path(event.dataset_path)  # the instance in DICOM file format, as it came
         size = received.stat().st_size
         try:
@@ -229,5 +273,8 @@ class Receiver:
         self.metrics.failed.labels("receive").inc()
         fields = {"calling_ae": calling, "sop_instance_uid": uid[:64], "status": f"0x{status:04X}", "reason": reason}
         log_event("receive_failed", logging.WARNING, **fields)
-        self.audit.record("refused", **fields)
+        try:
+            self.audit.record("refused", **fields)
+        except OSError as error:  # the disk that made the refusal necessary, say: the answer still goes out
+            log_event("audit_failed", logging.ERROR, audit_error=str(error), **fields)
         return status
