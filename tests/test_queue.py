@@ -15,7 +15,20 @@ import pytest
 
 import node.queue.redis
 from node.config import Config, ConfigError, DispatchConfig, QueueConfig, load_config
-from node.queue import ANALYZE, DELIVER, AnalyzeJob, DeliverJob, Queue, QueueFull, State, messages, open_queue
+from node.queue import (
+    ANALYZE,
+    DELIVER,
+    AnalyzeJob,
+    DeliverJob,
+    Job,
+    Queue,
+    QueueFull,
+    QueueUnavailable,
+    State,
+    messages,
+    open_queue,
+)
+from tests.helpers import RedisServer, wait_until
 
 OpenQueue = Callable[..., Queue]
 
@@ -219,6 +232,51 @@ def test_redis_recover_leaves_a_live_peers_leases_and_takes_them_once_it_closes(
     (job,) = restarted.claim(ANALYZE, 1)
     assert (job.key, job.attempts) == ("1.1", 2)
     restarted.close()
+
+
+def test_hand_back_returns_a_consumers_jobs_without_counting_the_attempt(open_: OpenQueue) -> None:
+    holder, peer = open_(), open_()
+    for key in ("1.1", "1.2"):
+        holder.put(key, analyze_job())
+    holder.put("9.1@PACS", deliver_job())
+    assert len(holder.claim(ANALYZE, 2)) == 2 and len(holder.claim(DELIVER, 1)) == 1
+    holder.hand_back(ANALYZE)
+    assert sorted((job.key, job.attempts) for job in peer.claim(ANALYZE, 10)) == [("1.1", 1), ("1.2", 1)]
+    assert peer.claim(DELIVER, 1) == []  # another topic's consumer still holds its job
+
+
+def claim_when_up(queue: Queue, topic: str) -> list[Job]:
+    try:
+        return queue.claim(topic, 10)
+    except QueueUnavailable:
+        return []
+
+
+def test_a_broker_outage_delays_what_a_live_consumer_held_by_about_its_length(tmp_path: Path) -> None:
+    """kill -9 of a durable redis-server while a live consumer holds a job with a 300 s lease: handed back once the
+    broker is restarted, not when the lease runs out."""
+    server = RedisServer(tmp_path / "redis", durable=True)
+    config = Config(data_dir=tmp_path, queue=QueueConfig(backend="redis", redis_url=server.url, lease_seconds=300))
+    holder, peer = open_queue(config), open_queue(config)
+    try:
+        holder.put("1.1", analyze_job())
+        (job,) = holder.claim(ANALYZE, 1)
+        server.kill()
+        with pytest.raises(QueueUnavailable):
+            holder.complete(job)  # the worker's batch fails here and is dropped
+        holder.hand_back(ANALYZE)  # the broker is away: this cannot be done now
+        server.start()
+        returned = time.monotonic()
+        claimed: list[Job] = []
+        wait_until(lambda: claimed.extend(claim_when_up(peer, ANALYZE)) or claimed, timeout=10)
+        print(f"claimed by a peer {time.monotonic() - returned:.1f} s after the broker returned")
+        assert [(job.key, job.attempts) for job in claimed] == [("1.1", 1)]
+        peer.complete(claimed[0])
+        assert peer.counts() == {}
+    finally:
+        holder.close()
+        peer.close()
+        server.stop()
 
 
 def test_backend_redis_needs_a_url_and_only_it_takes_one() -> None:

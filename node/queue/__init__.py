@@ -76,6 +76,12 @@ class Queue(Protocol):
     def release(self, jobs: list[Job]) -> None:
         """Give leased jobs back unfinished (shutdown); the attempt does not count."""
 
+    def hand_back(self, topic: str) -> None:
+        """This process's one consumer of `topic` dropped the jobs it held because the queue failed (broker gone):
+        they go back to the queue, the attempt not counted, now or, where the queue does not answer now, as soon as
+        it does again and before this process claims from `topic` again (Redis: the heartbeat retries).  Never
+        raises."""
+
     def depth(self, topic: str) -> int:
         """Queued plus leased jobs."""
 

@@ -48,19 +48,28 @@ local function unfinished(id)  -- the job's topic while it is queued, delayed or
   return topic and redis.call('ZSCORE', key(topic, 'created'), id) and topic
 end
 
-local function return_orphans(topic, me, timeout)  -- leases of consumers whose heartbeat stopped, back to the queue
+local function give_back(topic, consumer, pending, refund)  -- its `pending` leases of topic, back to the queue
+  if pending == 0 then return end
+  local stream = key(topic, 'stream')
+  for _, lease in ipairs(redis.call('XPENDING', stream, GROUP, '-', '+', pending, consumer)) do
+    local id = redis.call('XRANGE', stream, lease[1], lease[1])[1][2][2]
+    drop_entry(topic, id)
+    if refund then redis.call('HINCRBY', key('job', id), 'attempts', -1) end
+    enqueue(topic, id)
+  end
+end
+
+-- Leases of consumers gone (closed) or presumed dead (heartbeat older than `timeout`) back to the queue; the
+-- attempt counts.  Right after a broker restart every heartbeat is old: nobody is presumed dead before the broker
+-- has been up for `timeout`, time enough for the live consumers to beat again.
+local function return_orphans(topic, me, timeout)
+  local uptime = tonumber(string.match(redis.call('INFO', 'server'), 'uptime_in_seconds:(%d+)'))
   local stream = key(topic, 'stream')
   for _, consumer in ipairs(redis.call('XINFO', 'CONSUMERS', stream, GROUP)) do
     local name, pending = consumer[2], consumer[4]
     local seen = redis.call('ZSCORE', key('consumers'), name)
-    if name ~= me and (not seen or tonumber(seen) < now - timeout) then
-      if pending > 0 then
-        for _, lease in ipairs(redis.call('XPENDING', stream, GROUP, '-', '+', pending, name)) do
-          local id = redis.call('XRANGE', stream, lease[1], lease[1])[1][2][2]
-          drop_entry(topic, id)
-          enqueue(topic, id)
-        end
-      end
+    if name ~= me and (not seen or (uptime >= timeout and tonumber(seen) < now - timeout)) then
+      give_back(topic, name, pending, false)
       redis.call('XGROUP', 'DELCONSUMER', stream, GROUP, name)
       redis.call('ZREM', key('consumers'), name)
     end
@@ -150,6 +159,11 @@ for _, topic in ipairs(ARGV) do
   end
 end
 return count
+
+-- script: hand_back
+for _, consumer in ipairs(redis.call('XINFO', 'CONSUMERS', key(ARGV[2], 'stream'), GROUP)) do
+  if consumer[2] == ARGV[1] then give_back(ARGV[2], ARGV[1], consumer[4], true) end
+end
 
 -- script: recover
 redis.call('ZADD', key('consumers'), now, ARGV[1])

@@ -15,12 +15,15 @@ Data layout (all keys under `knee-node:`; T is a topic, N a job number):
     T:dead      stream  the dead letters, one entry {job: N}; the job hash keeps payload and last error
     consumers   zset    consumer name (host:pid:random) -> time of its last heartbeat
 
-Leases: a pending entry idle for `lease_seconds` is taken over by the next claim (XAUTOCLAIM) as a new attempt,
-or dead-lettered when the attempts are used up.  Dead consumers: every consuming process heartbeats every
-HEARTBEAT_SECONDS; one silent for CONSUMER_TIMEOUT_SECONDS is presumed dead (kill -9, lost host), and the next
-claim or recover() of a peer puts its leased jobs back in the queue, without waiting for the leases to run out.
-A live peer's leases are never taken before they expire.  Times come from the Redis server's clock, so the
-hosts' clocks need not agree.
+Leases: a pending entry idle for `lease_seconds` is taken over by the next claim (XAUTOCLAIM) as a new attempt, or
+dead-lettered when the attempts are used up.  Dead consumers: every consuming process heartbeats every
+HEARTBEAT_SECONDS; one silent for CONSUMER_TIMEOUT_SECONDS is presumed dead (kill -9, lost host), and the next claim
+or recover() of a peer puts its leased jobs back in the queue, without waiting for the leases to run out (after a
+broker restart, not before the broker has been up that long: every heartbeat is old then).  A live peer's leases are
+never taken before they expire.  Broker outages: a live consumer that drops its jobs because the broker went away
+hands them back (hand_back); what the broker could not take then, the heartbeat hands back as soon as it answers
+again, so an outage delays those jobs by about its own length, not by a lease.  Times come from the Redis server's
+clock, so the hosts' clocks need not agree.
 
 Redis itself must keep what it acknowledged: `appendonly yes` with `appendfsync always` (the receiver answers
 Success once put() returns), and `maxmemory-policy noeviction`.  One Redis instance, not Redis Cluster (the
@@ -29,6 +32,7 @@ scripts touch keys they compute); replicas copy asynchronously, so a failover ma
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import secrets
@@ -82,6 +86,8 @@ class RedisQueue:
         self._scripts = {name: self._redis.register_script(body) for name, body in load_scripts().items()}
         self._closing = threading.Event()
         self._heartbeat: threading.Thread | None = None
+        self._to_hand_back: set[str] = set()  # topics whose leases go back once the broker answers
+        self._hand_back_lock = threading.Lock()
         with reachable():
             for topic in self.max_attempts:
                 try:
@@ -104,8 +110,22 @@ class RedisQueue:
         while not self._closing.wait(HEARTBEAT_SECONDS):
             try:
                 self._run("heartbeat", self.consumer)
+                self._give_back()  # the broker is back: what the consumers dropped goes to whoever claims first
             except QueueUnavailable:  # the next claim reports it; peers may take this consumer's leases meanwhile
                 continue
+
+    def hand_back(self, topic: str) -> None:
+        with self._hand_back_lock:
+            self._to_hand_back.add(topic)
+        with contextlib.suppress(QueueUnavailable):
+            self._give_back()
+
+    def _give_back(self) -> None:
+        """What hand_back() was asked for and the broker has not done yet; QueueUnavailable while it is away."""
+        with self._hand_back_lock:
+            for topic in sorted(self._to_hand_back):
+                self._run("hand_back", self.consumer, topic)
+                self._to_hand_back.discard(topic)
 
     def put(self, key: str, message: Message, max_depth: int | None = None) -> bool:
         added = int(self._run("put", message.topic, key, encode(message), "" if max_depth is None else max_depth))
@@ -115,6 +135,7 @@ class RedisQueue:
 
     def claim(self, topic: str, limit: int) -> list[Job]:
         self._beat()
+        self._give_back()  # first: the leases this consumer dropped are not the ones it claims now
         rows = self._run("claim", topic, self.consumer, limit, int(self.lease_seconds * 1000),
                          self.max_attempts[topic], CONSUMER_TIMEOUT_SECONDS)
         return [Job(id_, topic, key, decode(topic, payload), int(attempts), float(created))

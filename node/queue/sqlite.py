@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
 import time
@@ -123,6 +124,14 @@ class SqliteQueue:
                 db.executemany("UPDATE jobs SET state = ?, attempts = attempts - 1, available_at = ? "
                                "WHERE id = ? AND state = ?",
                                [(State.QUEUED, time.time(), int(job.id), State.LEASED) for job in jobs])
+            self._available.notify_all()
+
+    def hand_back(self, topic: str) -> None:
+        """At once, where SQLite can (every lease of `topic` is this process's); where it cannot (disk full), the
+        leases run out, or the next start's recover() takes them."""
+        with contextlib.suppress(sqlite3.Error), self._available, self._transaction() as db:
+            db.execute("UPDATE jobs SET state = ?, attempts = attempts - 1, available_at = ? "
+                       "WHERE topic = ? AND state = ?", (State.QUEUED, time.time(), topic, State.LEASED))
             self._available.notify_all()
 
     def depth(self, topic: str) -> int:
