@@ -2,16 +2,19 @@
 
 Two topics flow through it: ANALYZE (a spooled radiograph waiting for the worker) and DELIVER (one result file for
 one destination).  A job is queued, then leased by one consumer, then done, or retried, or dead-lettered when its
-attempts run out.  A lease that expires (its consumer died) makes the job claimable again.
+attempts run out.  A lease that expires (its consumer died) makes the job claimable again.  Every job that goes to
+dead-letter is logged once, at WARNING, with its reason (event `dead_letter`).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING, Protocol
 
+from node.infra.logs import log_event
 from node.queue.messages import ANALYZE, DELIVER, AnalyzeJob, DeliverJob, Message
 
 if TYPE_CHECKING:
@@ -106,6 +109,11 @@ class Queue(Protocol):
         Redis (many consumers): the leases of consumers whose heartbeat stopped, whoever they were."""
 
     def close(self) -> None: ...
+
+
+def dead_lettered(topic: str, key: str, attempts: int, reason: str) -> None:
+    """The one WARNING line per job that goes to dead-letter, with why (both backends call it)."""
+    log_event("dead_letter", logging.WARNING, queue=topic, key=key, attempts=attempts, reason=reason)
 
 
 def open_queue(config: Config) -> Queue:

@@ -91,7 +91,7 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', key(topic, 'delayed'), '-inf', n
   enqueue(topic, id)
 end
 return_orphans(topic, me, tonumber(ARGV[6]))
-local jobs = {}
+local jobs, buried = {}, {}
 local function lease(id)
   local attempts = redis.call('HINCRBY', key('job', id), 'attempts', 1)
   local job = redis.call('HMGET', key('job', id), 'key', 'payload', 'created_at')
@@ -99,8 +99,10 @@ local function lease(id)
 end
 for _, entry in ipairs(redis.call('XAUTOCLAIM', stream, GROUP, me, ARGV[4], '0-0', 'COUNT', limit)[2]) do
   local id = entry[2][2]  -- its lease expired: its consumer is stuck, or died and has not been noticed yet
-  if tonumber(redis.call('HGET', key('job', id), 'attempts')) >= tonumber(ARGV[5]) then
+  local attempts = tonumber(redis.call('HGET', key('job', id), 'attempts'))
+  if attempts >= tonumber(ARGV[5]) then
     bury(topic, id, 'attempts exhausted (last lease expired)')
+    table.insert(buried, {redis.call('HGET', key('job', id), 'key'), attempts})
   else
     lease(id)
   end
@@ -109,7 +111,7 @@ if #jobs < limit then
   local new = redis.call('XREADGROUP', 'GROUP', GROUP, me, 'COUNT', limit - #jobs, 'STREAMS', stream, '>')
   if new then for _, entry in ipairs(new[1][2]) do lease(entry[2][2]) end end
 end
-return jobs
+return {jobs, buried}
 
 -- script: complete
 local topic = topic_of(ARGV[1])

@@ -46,7 +46,7 @@ from typing import Any
 
 import redis
 
-from node.queue import DeadJob, Job, Message, QueueFull, QueueUnavailable, State
+from node.queue import DeadJob, Job, Message, QueueFull, QueueUnavailable, State, dead_lettered
 from node.queue.messages import decode, encode
 
 PREFIX = "knee-node:"
@@ -136,8 +136,10 @@ class RedisQueue:
     def claim(self, topic: str, limit: int) -> list[Job]:
         self._beat()
         self._give_back()  # first: the leases this consumer dropped are not the ones it claims now
-        rows = self._run("claim", topic, self.consumer, limit, int(self.lease_seconds * 1000),
-                         self.max_attempts[topic], CONSUMER_TIMEOUT_SECONDS)
+        rows, buried = self._run("claim", topic, self.consumer, limit, int(self.lease_seconds * 1000),
+                                 self.max_attempts[topic], CONSUMER_TIMEOUT_SECONDS)
+        for key, attempts in buried:
+            dead_lettered(topic, key, int(attempts), "attempts exhausted (last lease expired)")
         return [Job(id_, topic, key, decode(topic, payload), int(attempts), float(created))
                 for id_, key, payload, attempts, created in rows]
 
@@ -148,10 +150,13 @@ class RedisQueue:
     def retry(self, job: Job, error: str, delay: float) -> State:
         state = State.DEAD if job.attempts >= self.max_attempts[job.topic] else State.QUEUED
         self._run("retry", job.id, error, delay, int(state is State.DEAD))
+        if state is State.DEAD:
+            dead_lettered(job.topic, job.key, job.attempts, error)
         return state
 
     def bury(self, job: Job, error: str) -> None:
         self._run("bury", job.id, error)
+        dead_lettered(job.topic, job.key, job.attempts, error)
 
     def release(self, jobs: list[Job]) -> None:
         if jobs:

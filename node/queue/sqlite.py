@@ -10,7 +10,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from node.queue import DeadJob, Job, Message, QueueFull, QueueUnavailable, State
+from node.queue import DeadJob, Job, Message, QueueFull, QueueUnavailable, State, dead_lettered
 from node.queue.messages import decode, encode
 
 SCHEMA = """
@@ -28,6 +28,7 @@ CREATE TABLE IF NOT EXISTS jobs (
 CREATE UNIQUE INDEX IF NOT EXISTS unfinished_key ON jobs (topic, key) WHERE state IN ('queued', 'leased');
 CREATE INDEX IF NOT EXISTS claimable ON jobs (topic, state, available_at);
 """
+EXHAUSTED = "attempts exhausted (last lease expired)"
 
 
 class SqliteQueue:
@@ -85,14 +86,17 @@ class SqliteQueue:
             # For a leased job, available_at is the end of its lease; past it, its consumer died.
             db.execute("UPDATE jobs SET state = ? WHERE topic = ? AND state = ? AND available_at <= ?",
                        (State.QUEUED, topic, State.LEASED, now))
-            db.execute("UPDATE jobs SET state = ?, error = 'attempts exhausted (last lease expired)' "
-                       "WHERE topic = ? AND state = ? AND attempts >= ?",
-                       (State.DEAD, topic, State.QUEUED, self.max_attempts[topic]))
+            exhausted = db.execute("SELECT id, key, attempts FROM jobs WHERE topic = ? AND state = ? AND attempts >= ?",
+                                   (topic, State.QUEUED, self.max_attempts[topic])).fetchall()
+            db.executemany("UPDATE jobs SET state = ?, error = ? WHERE id = ?",
+                           [(State.DEAD, EXHAUSTED, id_) for id_, _, _ in exhausted])
             rows = db.execute("SELECT id, key, payload, attempts, created_at FROM jobs WHERE topic = ? AND state = ? "
                               "AND available_at <= ? ORDER BY available_at, id LIMIT ?",
                               (topic, State.QUEUED, now, limit)).fetchall()
             db.executemany("UPDATE jobs SET state = ?, attempts = attempts + 1, available_at = ? WHERE id = ?",
                            [(State.LEASED, now + self.lease_seconds, row[0]) for row in rows])
+        for _, key, attempts in exhausted:
+            dead_lettered(topic, key, attempts, EXHAUSTED)
         return [Job(str(id_), topic, key, decode(topic, payload), attempts + 1, created)
                 for id_, key, payload, attempts, created in rows]
 
@@ -112,11 +116,14 @@ class SqliteQueue:
                 db.execute("UPDATE jobs SET state = ?, available_at = ?, error = ? WHERE id = ?",
                            (state, time.time() + delay, error, int(job.id)))
             self._available.notify_all()
+        if state is State.DEAD:
+            dead_lettered(job.topic, job.key, job.attempts, error)
         return state
 
     def bury(self, job: Job, error: str) -> None:
         with self._lock, self._transaction() as db:
             db.execute("UPDATE jobs SET state = ?, error = ? WHERE id = ?", (State.DEAD, error, int(job.id)))
+        dead_lettered(job.topic, job.key, job.attempts, error)
 
     def release(self, jobs: list[Job]) -> None:
         with self._available:

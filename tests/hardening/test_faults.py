@@ -231,14 +231,23 @@ def test_destinations_answering_failure_are_retried_then_dead_lettered_never_cou
         check_delivered(healthy, radiographs[:2])  # one failing destination does not hold up another
         wait_until(lambda: queue_counts(node)["deliver"].get("dead", 0) == 8, timeout=120)
         assert node.metric("knee_node_sent_total") == 4
+        assert node.metric('knee_node_dead_letters{queue="deliver"}') == 8
+        assert node.metric('knee_node_queue_oldest_seconds{queue="deliver"}') == 0  # nothing unfinished
     finally:
         node.stop()
         for scp in (full, refusing, healthy):
             scp.stop()
     assert full.attempts == refusing.attempts == 4 * 3  # four results, three attempts each
     assert full.received == refusing.received == []
-    letters = json.loads(node.admin("status", "--json").stdout)["dead_letters"]
-    assert sorted(letter["error"] for letter in letters) == ["status 0xA700"] * 4 + ["status 0xC000"] * 4
+    status = json.loads(node.admin("status", "--json").stdout)
+    assert sorted(letter["error"] for letter in status["dead_letters"]) == ["status 0xA700"] * 4 + ["status 0xC000"] * 4
+    assert sorted((e["reason"], e["count"]) for e in status["dead_by_reason"]["deliver"]) == [
+        ("status 0xA700", 4), ("status 0xC000", 4)]
+    assert all(e["oldest_seconds"] > 0 for e in status["dead_by_reason"]["deliver"])
+    warnings = node.events("dead_letter")  # one WARNING line per dead letter, with its reason
+    assert sorted(w["reason"] for w in warnings) == ["status 0xA700"] * 4 + ["status 0xC000"] * 4
+    assert {(w["level"], w["queue"], w["attempts"]) for w in warnings} == {("WARNING", "deliver", 3)}
+    assert "dead    4 queued" in node.admin("status").stdout
     audit = [json.loads(line) for path in (node.folder / "data" / "audit").glob("*.jsonl")
              for line in path.read_text().splitlines()]
     assert {record["destination"] for record in audit if record["event"] == "delivered"} == {"HEALTHY"}
