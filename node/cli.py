@@ -7,13 +7,13 @@ import json
 import ssl
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
 from node.config import DEFAULT_MODEL_DIR, Config, ConfigError, Destination, TlsConfig, load_config
 from node.infra.logs import quiet_libraries
-from node.queue import QueueUnavailable, open_queue
+from node.queue import DeadJob, QueueUnavailable, open_queue
 from node.scu import parse_peer
 
 
@@ -154,18 +154,33 @@ def cmd_status(args: argparse.Namespace) -> int:
                       "dead": counts.get(topic, {}).get("dead", 0),
                       "oldest_seconds": round(age, 1) if (age := queue.oldest_age(topic)) is not None else None}
               for topic in (ANALYZE, DELIVER)}
-    dead = [{"queue": d.job.topic, "key": d.job.key, "attempts": d.job.attempts, "error": d.error}
-            for d in queue.dead()]
+    letters = queue.dead()
     queue.close()
+    dead = [{"queue": d.job.topic, "key": d.job.key, "attempts": d.job.attempts, "error": d.error} for d in letters]
+    now = time.time()
+    reasons = {topic: [{"reason": reason, "count": len(group),
+                        "oldest_seconds": round(now - min(d.job.created_at for d in group), 1)}
+                       for reason, group in grouped(d for d in letters if d.job.topic == topic)]
+               for topic in (ANALYZE, DELIVER)}
     if args.json:
-        print(json.dumps({"queues": report, "dead_letters": dead}))
+        print(json.dumps({"queues": report, "dead_by_reason": reasons, "dead_letters": dead}))
         return 0
     for topic, row in report.items():
         oldest = f"{row['oldest_seconds']} s" if row["oldest_seconds"] is not None else "-"
         print(f"{topic:8} queued {row['queued']:6}  running {row['leased']:4}  dead {row['dead']:4}  oldest {oldest}")
+        for entry in reasons[topic]:
+            print(f"  dead {entry['count']:4} queued {entry['oldest_seconds']} s ago at the oldest: {entry['reason']}")
     for letter in dead:
         print(f"dead {letter['queue']} {letter['key']} after {letter['attempts']} attempts: {letter['error']}")
     return 0
+
+
+def grouped(letters: Iterable[DeadJob]) -> list[tuple[str, list[DeadJob]]]:
+    """Dead letters by reason, the most frequent first."""
+    groups: dict[str, list[DeadJob]] = {}
+    for letter in letters:
+        groups.setdefault(letter.error, []).append(letter)
+    return sorted(groups.items(), key=lambda item: (-len(item[1]), item[0]))
 
 
 def cmd_requeue(args: argparse.Namespace) -> int:

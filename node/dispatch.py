@@ -30,7 +30,7 @@ from node.infra.audit import AuditLog
 from node.infra.logs import log_event
 from node.infra.metrics import Metrics
 from node.infra.tls import client_context
-from node.queue import DELIVER, Job, Queue, State
+from node.queue import DELIVER, Job, Queue, QueueUnavailable, State
 from node.scu import client_ae, delivered, send_c_store
 
 BATCH = 32
@@ -74,6 +74,8 @@ class Dispatcher:
                     self.deliver(ae_title, list(group))
             except Exception as error:  # the queue itself failing (disk full, broker gone): wait, try again
                 log_event("dispatcher_error", logging.ERROR, reason=repr(error), traceback=True)
+                if isinstance(error, QueueUnavailable):  # the batch is dropped: back to the queue once it answers
+                    self.queue.hand_back(DELIVER)
                 if stop.wait(5.0):
                     return
 

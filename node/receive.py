@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import secrets
 import shutil
 import ssl
 import tempfile
@@ -18,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pynetdicom import AE, AllStoragePresentationContexts, _config, evt
+from pynetdicom import AE, AllStoragePresentationContexts, _config, dimse_messages, evt
 from pynetdicom.association import Association
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
@@ -30,7 +31,7 @@ from node.infra.metrics import Metrics
 from node.infra.storage import is_valid_uid, move_durably
 from node.infra.tls import server_context
 from node.instances import SUPPORTED_TRANSFER_SYNTAXES, DecodeError, read_header
-from node.queue import ANALYZE, AnalyzeJob, Queue, QueueUnavailable
+from node.queue import AnalyzeJob, Queue, QueueFull, QueueUnavailable
 
 SUCCESS = 0x0000
 OUT_OF_RESOURCES = 0xA700
@@ -41,6 +42,46 @@ STALE_SECONDS = 600  # an incoming file untouched this long belongs to a transfe
 # is closed: port scanners, health checks and stalled peers must not hold a place.
 REQUEST_DEADLINE_SECONDS = 5.0
 UNLIMITED = 2**31 - 1  # pynetdicom's own limit counts idle connections too; the receiver counts associations
+
+
+class IncomingFile:
+    """The file pynetdicom writes an arriving instance into, made so that a failing write does not abort the
+    association.
+
+    pynetdicom aborts when writing to its file raises (data_dir full, quota, I/O error).  This file keeps the first
+    error instead, drops the rest of the instance, and the handler answers 0xA700: the peer may resend later.
+    Installed in place of pynetdicom's NamedTemporaryFile (it writes to `.file` and names the file by `.name`).
+    """
+
+    def __init__(self, **options: Any) -> None:
+        self.error: OSError | None = None
+        self.file = self  # pynetdicom flushes `file` after each fragment
+        try:
+            self._file: Any = tempfile.NamedTemporaryFile(**options)  # noqa: SIM115 (pynetdicom closes it)
+            self.name = self._file.name
+        except OSError as error:  # not even an empty file could be made: a name that cannot exist
+            self._file, self.error = None, error
+            self.name = str(Path(tempfile.gettempdir()) / f"unwritable-{secrets.token_hex(8)}.dcm")
+
+    def write(self, data: bytes) -> int:
+        if self.error is None:
+            try:
+                self._file.write(data)
+            except OSError as error:
+                self.error = error
+        return len(data)
+
+    def flush(self) -> None:
+        if self.error is None:
+            try:
+                self._file.flush()
+            except OSError as error:
+                self.error = error
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            if self._file is not None:
+                self._file.close()
 
 
 class PerConnectionTlsServer(ThreadedAssociationServer):
@@ -99,6 +140,7 @@ class Receiver:
         # removes the file after the handler unless the handler moved it, but not that of a transfer cut off.
         _config.STORE_RECV_CHUNKED_DATASET = True
         tempfile.tempdir = str(self.incoming)  # pynetdicom's files go where tempfile puts them
+        dimse_messages.NamedTemporaryFile = IncomingFile  # type: ignore[attr-defined,assignment]
         self.sweep()
         context = server_context(self.config.tls)
         server = self.ae.make_server((scp.bind_address, scp.port), server_class=PerConnectionTlsServer,
@@ -174,6 +216,9 @@ class Receiver:
         uid = str(event.request.AffectedSOPInstanceUID or "")
         if not is_valid_uid(uid):
             return self.refuse(CANNOT_UNDERSTAND, calling, uid, "invalid SOP Instance UID")
+        incoming = event.request._dataset_file
+        if isinstance(incoming, IncomingFile) and incoming.error is not None:
+            return self.refuse(OUT_OF_RESOURCES, calling, uid, f"cannot write instance: {incoming.error}")
         received = Path(event.dataset_path)  # the instance in DICOM file format, as it came
         size = received.stat().st_size
         try:
@@ -189,12 +234,9 @@ class Receiver:
                 if self.config.scp.keep_unselected:
                     self.keep(received, self.unselected / f"{uid}.dcm")
             else:
-                if self.queue.depth(ANALYZE) >= self.config.queue.max_depth:
-                    return self.refuse(OUT_OF_RESOURCES, calling, uid, "queue full")
-                path = self.spool / f"{uid}.dcm"
-                self.keep(received, path)
-                self.queue.put(uid, AnalyzeJob(path=str(path), patient=fields["patient"], received_at=time.time()))
-                self.metrics.selected.inc()
+                self.spool_and_queue(received, uid, fields["patient"])
+        except QueueFull:
+            return self.refuse(OUT_OF_RESOURCES, calling, uid, "queue full")
         except (OSError, QueueUnavailable) as error:  # disk full, quota, permissions: promise nothing
             return self.refuse(OUT_OF_RESOURCES, calling, uid, f"cannot keep instance: {error}")
         self.metrics.received.inc()
@@ -202,6 +244,23 @@ class Receiver:
         self.audit.record("received", address=event.assoc.requestor.address, selected=reason is None,
                           reason=reason or "", **fields)
         return SUCCESS
+
+    def spool_and_queue(self, received: Path, uid: str, patient: str) -> None:
+        """Into the spool, then queued within the queue's bound (QueueFull: nothing kept).  The spool file has a
+        name of its own, so that a concurrent copy of the same instance (another association or receiver) that
+        meets the bound or finds the job queued never removes the file of the job that was queued."""
+        path = self.spool / f"{uid}.{secrets.token_hex(4)}.dcm"
+        self.keep(received, path)
+        try:
+            queued = self.queue.put(uid, AnalyzeJob(path=str(path), patient=patient, received_at=time.time()),
+                                    max_depth=self.config.queue.max_depth)
+        except QueueFull:  # nothing queued (unlike an unavailable queue, which may have taken the job)
+            path.unlink()
+            raise
+        if queued:
+            self.metrics.selected.inc()
+        else:  # waiting for analysis already, from an earlier copy with its own file
+            path.unlink()
 
     def keep(self, received: Path, path: Path) -> None:
         """Move durably, unless that would eat into the disk reserve (OSError, as a full disk would)."""
@@ -214,5 +273,8 @@ class Receiver:
         self.metrics.failed.labels("receive").inc()
         fields = {"calling_ae": calling, "sop_instance_uid": uid[:64], "status": f"0x{status:04X}", "reason": reason}
         log_event("receive_failed", logging.WARNING, **fields)
-        self.audit.record("refused", **fields)
+        try:
+            self.audit.record("refused", **fields)
+        except OSError as error:  # the disk that made the refusal necessary, say: the answer still goes out
+            log_event("audit_failed", logging.ERROR, audit_error=str(error), **fields)
         return status

@@ -9,6 +9,7 @@ from __future__ import annotations
 import signal
 import threading
 from collections.abc import Callable
+from functools import partial
 from typing import Literal
 
 from node.config import Config
@@ -33,8 +34,12 @@ def serve(config: Config, role: Role = "all", on_ready: Callable[[dict[str, int]
             signal.signal(signum, lambda *_: stop.set())
     queue = open_queue(config)
     metrics = Metrics()
-    metrics.track_depth(ANALYZE, lambda: queue.depth(ANALYZE))
-    metrics.track_depth(DELIVER, lambda: queue.depth(DELIVER))
+
+    def dead(topic: str) -> int:
+        return queue.counts().get(topic, {}).get("dead", 0)
+
+    for topic in (ANALYZE, DELIVER):
+        metrics.track_queue(topic, partial(queue.depth, topic), partial(dead, topic), partial(queue.oldest_age, topic))
     consumed = {"all": [ANALYZE, DELIVER], "worker": [ANALYZE], "dispatcher": [DELIVER], "receiver": []}[role]
     queue.recover(consumed)
     audit = AuditLog(config.data_dir)

@@ -2,7 +2,8 @@
 
 A batch is whatever is queued, topped up for at most `max_wait_ms` until `batch_size` jobs are in hand, and goes
 through the pipeline (node.pipeline) as a whole.  The SC and SR are written durably, and the job is completed in
-the same queue transaction that queues their deliveries.
+the same queue transaction that queues their deliveries.  When the broker goes away mid-batch, the batch is handed
+back (Queue.hand_back) and claimed again, by this worker or another, once the broker answers.
 """
 
 from __future__ import annotations
@@ -19,11 +20,12 @@ from node.infra.audit import AuditLog
 from node.infra.logs import log_event
 from node.infra.metrics import Metrics
 from node.pipeline import Failed, Reported, run_batch
-from node.queue import ANALYZE, DeliverJob, Job, Message, Queue
+from node.queue import ANALYZE, DeliverJob, Job, Message, Queue, QueueUnavailable
 from node.report import Equipment
 from node.report.outbox import Outbox
 
 RETRY_DELAY_SECONDS = 30.0  # before a batch that failed as a whole (e.g. out of GPU memory) is tried again
+QUEUE_RETRY_SECONDS = 1.0  # between claims while the broker is away: its return is noticed at once
 
 
 class Worker:
@@ -39,7 +41,11 @@ class Worker:
                 jobs = self.next_batch(stop)
                 if jobs:
                     self.process(jobs)
-            except Exception as error:  # the queue itself failing (disk full, broker gone): wait, try again
+            except QueueUnavailable as error:  # broker gone: the batch is dropped and handed back once it returns
+                log_event("queue_unavailable", logging.WARNING, reason=str(error))
+                self.queue.hand_back(ANALYZE)
+                stop.wait(QUEUE_RETRY_SECONDS)
+            except Exception as error:  # the queue itself failing otherwise (disk full): wait, try again
                 log_event("worker_error", logging.ERROR, reason=repr(error), traceback=True)
                 stop.wait(RETRY_DELAY_SECONDS)
 
@@ -76,6 +82,8 @@ class Worker:
                 try:
                     self.publish(job, outcome)
                     continue
+                except QueueUnavailable:  # not this job's fault: the whole batch goes back
+                    raise
                 except Exception as error:  # a full disk, say: costs this job, not the worker
                     outcome = Failed("report", repr(error))
             if outcome.stage == "decode":  # the same bytes will fail the same way: no retry

@@ -127,25 +127,37 @@ class StoreScp:
 
 
 class RedisServer:
-    """A real redis-server on a free loopback port, no persistence, its files in `folder`."""
+    """A real redis-server on a free loopback port, its files in `folder`.  `durable`: as the node requires it in
+    production (append-only file, fsync always), so that it can be killed and restarted with its data; else no
+    persistence."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, durable: bool = False) -> None:
+        self.folder, self.durable = folder, durable
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         folder.mkdir(parents=True, exist_ok=True)
-        self.process = subprocess.Popen([require_tool("redis-server"), "--port", str(self.port), "--bind", "127.0.0.1",
-                                         "--dir", str(folder), "--save", "", "--appendonly", "no"],
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.client = redis.Redis(port=self.port, decode_responses=True)
+        self.start()
+
+    def start(self) -> None:
+        persistence = ["--appendonly", "yes", "--appendfsync", "always"] if self.durable else ["--appendonly", "no"]
+        self.process = subprocess.Popen([require_tool("redis-server"), "--port", str(self.port), "--bind", "127.0.0.1",
+                                         "--dir", str(self.folder), "--save", "", *persistence],
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 30
         while True:
             try:
                 self.client.ping()
                 return
-            except redis.ConnectionError:
+            except redis.ConnectionError:  # not listening yet, or still loading its append-only file
                 if time.monotonic() > deadline or self.process.poll() is not None:
                     raise
                 time.sleep(0.05)
+
+    def kill(self) -> None:
+        """kill -9: what it acknowledged is in its append-only file (when durable), nothing else is saved."""
+        self.process.kill()
+        self.process.wait()
 
     def stop(self) -> None:
         self.client.close()

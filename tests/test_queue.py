@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -14,7 +15,20 @@ import pytest
 
 import node.queue.redis
 from node.config import Config, ConfigError, DispatchConfig, QueueConfig, load_config
-from node.queue import ANALYZE, DELIVER, AnalyzeJob, DeliverJob, Queue, State, messages, open_queue
+from node.queue import (
+    ANALYZE,
+    DELIVER,
+    AnalyzeJob,
+    DeliverJob,
+    Job,
+    Queue,
+    QueueFull,
+    QueueUnavailable,
+    State,
+    messages,
+    open_queue,
+)
+from tests.helpers import RedisServer, wait_until
 
 OpenQueue = Callable[..., Queue]
 
@@ -88,6 +102,37 @@ def test_one_unfinished_job_per_key_and_complete_queues_the_follow_ups(open_: Op
     assert sorted(job.key for job in queue.claim(DELIVER, 10)) == ["9.1@PACS", "9.2@PACS"]
     assert queue.claim(DELIVER, 10) == []
     assert queue.depth(ANALYZE) == 2 and queue.depth(DELIVER) == 2
+
+
+def test_the_bound_holds_against_concurrent_putters(open_: OpenQueue) -> None:
+    """8 putters, each with its own connection as receivers in separate processes have, race for 16 places."""
+    putters, bound = [open_() for _ in range(8)], 16
+    start = threading.Barrier(len(putters))
+    outcomes: list[str] = []
+
+    def put_ten(number: int, queue: Queue) -> None:
+        start.wait()
+        for job in range(10):
+            try:
+                queued = queue.put(f"{number}.{job}", analyze_job(), max_depth=bound)
+                outcomes.append("queued" if queued else "same key")
+            except QueueFull:
+                outcomes.append("full")
+
+    threads = [threading.Thread(target=put_ten, args=pair) for pair in enumerate(putters)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    queue = putters[0]
+    assert (outcomes.count("queued"), outcomes.count("full")) == (bound, 80 - bound)
+    assert queue.depth(ANALYZE) == bound
+    (job,) = queue.claim(ANALYZE, 1)
+    assert not queue.put(job.key, analyze_job(), max_depth=bound)  # at the bound, a resent instance is no new job
+    with pytest.raises(QueueFull):
+        queue.put("9.9", analyze_job(), max_depth=bound)  # leased jobs count
+    queue.complete(job)
+    assert queue.put("9.9", analyze_job(), max_depth=bound)
 
 
 def test_retry_waits_its_delay_then_dead_letters_when_attempts_run_out(open_: OpenQueue) -> None:
@@ -187,6 +232,51 @@ def test_redis_recover_leaves_a_live_peers_leases_and_takes_them_once_it_closes(
     (job,) = restarted.claim(ANALYZE, 1)
     assert (job.key, job.attempts) == ("1.1", 2)
     restarted.close()
+
+
+def test_hand_back_returns_a_consumers_jobs_without_counting_the_attempt(open_: OpenQueue) -> None:
+    holder, peer = open_(), open_()
+    for key in ("1.1", "1.2"):
+        holder.put(key, analyze_job())
+    holder.put("9.1@PACS", deliver_job())
+    assert len(holder.claim(ANALYZE, 2)) == 2 and len(holder.claim(DELIVER, 1)) == 1
+    holder.hand_back(ANALYZE)
+    assert sorted((job.key, job.attempts) for job in peer.claim(ANALYZE, 10)) == [("1.1", 1), ("1.2", 1)]
+    assert peer.claim(DELIVER, 1) == []  # another topic's consumer still holds its job
+
+
+def claim_when_up(queue: Queue, topic: str) -> list[Job]:
+    try:
+        return queue.claim(topic, 10)
+    except QueueUnavailable:
+        return []
+
+
+def test_a_broker_outage_delays_what_a_live_consumer_held_by_about_its_length(tmp_path: Path) -> None:
+    """kill -9 of a durable redis-server while a live consumer holds a job with a 300 s lease: handed back once the
+    broker is restarted, not when the lease runs out."""
+    server = RedisServer(tmp_path / "redis", durable=True)
+    config = Config(data_dir=tmp_path, queue=QueueConfig(backend="redis", redis_url=server.url, lease_seconds=300))
+    holder, peer = open_queue(config), open_queue(config)
+    try:
+        holder.put("1.1", analyze_job())
+        (job,) = holder.claim(ANALYZE, 1)
+        server.kill()
+        with pytest.raises(QueueUnavailable):
+            holder.complete(job)  # the worker's batch fails here and is dropped
+        holder.hand_back(ANALYZE)  # the broker is away: this cannot be done now
+        server.start()
+        returned = time.monotonic()
+        claimed: list[Job] = []
+        wait_until(lambda: claimed.extend(claim_when_up(peer, ANALYZE)) or claimed, timeout=10)
+        print(f"claimed by a peer {time.monotonic() - returned:.1f} s after the broker returned")
+        assert [(job.key, job.attempts) for job in claimed] == [("1.1", 1)]
+        peer.complete(claimed[0])
+        assert peer.counts() == {}
+    finally:
+        holder.close()
+        peer.close()
+        server.stop()
 
 
 def test_backend_redis_needs_a_url_and_only_it_takes_one() -> None:

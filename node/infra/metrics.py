@@ -28,6 +28,11 @@ class Metrics:
                               registry=self.registry)
         self.queue_depth = Gauge("knee_node_queue_depth", "Unfinished jobs by queue", ["queue"],
                                  registry=self.registry)
+        self.dead_letters = Gauge("knee_node_dead_letters", "Jobs in dead-letter by queue (`knee-node status`: "
+                                  "their reasons; `knee-node requeue`: back to the queue)", ["queue"],
+                                  registry=self.registry)
+        self.oldest = Gauge("knee_node_queue_oldest_seconds", "Age of the oldest unfinished job by queue (0: none); "
+                            "growing: a backlog", ["queue"], registry=self.registry)
         self.receive_to_result = Histogram("knee_node_receive_to_result_seconds",
                                            "From C-STORE acknowledgement to SC + SR written", buckets=LATENCY_BUCKETS,
                                            registry=self.registry)
@@ -35,8 +40,12 @@ class Metrics:
                                              "From result written to accepted by a destination",
                                              buckets=LATENCY_BUCKETS, registry=self.registry)
 
-    def track_depth(self, queue: str, depth: Callable[[], int]) -> None:
+    def track_queue(self, queue: str, depth: Callable[[], int], dead: Callable[[], int],
+                    oldest: Callable[[], float | None]) -> None:
+        """The queue's gauges, read at each scrape (on Redis: the broker's, the same in every process)."""
         self.queue_depth.labels(queue).set_function(depth)
+        self.dead_letters.labels(queue).set_function(dead)
+        self.oldest.labels(queue).set_function(lambda: oldest() or 0.0)
 
 
 class MetricsServer:

@@ -2,27 +2,34 @@
 
 Two topics flow through it: ANALYZE (a spooled radiograph waiting for the worker) and DELIVER (one result file for
 one destination).  A job is queued, then leased by one consumer, then done, or retried, or dead-lettered when its
-attempts run out.  A lease that expires (its consumer died) makes the job claimable again.
+attempts run out.  A lease that expires (its consumer died) makes the job claimable again.  Every job that goes to
+dead-letter is logged once, at WARNING, with its reason (event `dead_letter`).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING, Protocol
 
+from node.infra.logs import log_event
 from node.queue.messages import ANALYZE, DELIVER, AnalyzeJob, DeliverJob, Message
 
 if TYPE_CHECKING:
     from node.config import Config
 
-__all__ = ["ANALYZE", "DELIVER", "AnalyzeJob", "DeadJob", "DeliverJob", "Job", "Message", "Queue", "QueueUnavailable",
-           "State", "open_queue"]
+__all__ = ["ANALYZE", "DELIVER", "AnalyzeJob", "DeadJob", "DeliverJob", "Job", "Message", "Queue", "QueueFull",
+           "QueueUnavailable", "State", "open_queue"]
 
 
 class QueueUnavailable(Exception):
     """The queue cannot take or give jobs right now (disk full, broker down); callers answer accordingly."""
+
+
+class QueueFull(Exception):
+    """The topic already holds its bound of unfinished jobs: put() changed nothing."""
 
 
 class State(StrEnum):
@@ -50,9 +57,11 @@ class DeadJob:
 class Queue(Protocol):
     """`max_attempts` per topic is given to the backend's constructor."""
 
-    def put(self, key: str, message: Message) -> bool:
+    def put(self, key: str, message: Message, max_depth: int | None = None) -> bool:
         """Durably enqueue on the message's topic; False when an unfinished job with the same key exists (then
-        nothing changes)."""
+        nothing changes).  With `max_depth`, raises QueueFull where the topic already holds that many unfinished
+        jobs; the check and the put are one atomic step, so concurrent putters (any process, any host) never
+        take the topic past its bound."""
 
     def claim(self, topic: str, limit: int) -> list[Job]:
         """Lease up to `limit` available jobs, oldest first; jobs whose attempts ran out go to dead-letter."""
@@ -69,6 +78,12 @@ class Queue(Protocol):
 
     def release(self, jobs: list[Job]) -> None:
         """Give leased jobs back unfinished (shutdown); the attempt does not count."""
+
+    def hand_back(self, topic: str) -> None:
+        """This process's one consumer of `topic` dropped the jobs it held because the queue failed (broker gone):
+        they go back to the queue, the attempt not counted, now or, where the queue does not answer now, as soon as
+        it does again and before this process claims from `topic` again (Redis: the heartbeat retries).  Never
+        raises."""
 
     def depth(self, topic: str) -> int:
         """Queued plus leased jobs."""
@@ -94,6 +109,11 @@ class Queue(Protocol):
         Redis (many consumers): the leases of consumers whose heartbeat stopped, whoever they were."""
 
     def close(self) -> None: ...
+
+
+def dead_lettered(topic: str, key: str, attempts: int, reason: str) -> None:
+    """The one WARNING line per job that goes to dead-letter, with why (both backends call it)."""
+    log_event("dead_letter", logging.WARNING, queue=topic, key=key, attempts=attempts, reason=reason)
 
 
 def open_queue(config: Config) -> Queue:

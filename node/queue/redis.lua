@@ -26,8 +26,9 @@ local function finish(topic, id)  -- no longer unfinished: its key is free again
   drop_entry(topic, id)
 end
 
-local function put(topic, job_key, payload)
+local function put(topic, job_key, payload, max_depth)  -- 1 queued, 0 key unfinished already, -1 topic full
   if redis.call('HEXISTS', key(topic, 'keys'), job_key) == 1 then return 0 end
+  if max_depth and redis.call('ZCARD', key(topic, 'created')) >= max_depth then return -1 end
   local id = tostring(redis.call('INCR', key('next-id')))
   redis.call('HSET', key('job', id), 'topic', topic, 'key', job_key, 'payload', payload, 'attempts', 0,
              'created_at', now, 'error', '')
@@ -47,19 +48,28 @@ local function unfinished(id)  -- the job's topic while it is queued, delayed or
   return topic and redis.call('ZSCORE', key(topic, 'created'), id) and topic
 end
 
-local function return_orphans(topic, me, timeout)  -- leases of consumers whose heartbeat stopped, back to the queue
+local function give_back(topic, consumer, pending, refund)  -- its `pending` leases of topic, back to the queue
+  if pending == 0 then return end
+  local stream = key(topic, 'stream')
+  for _, lease in ipairs(redis.call('XPENDING', stream, GROUP, '-', '+', pending, consumer)) do
+    local id = redis.call('XRANGE', stream, lease[1], lease[1])[1][2][2]
+    drop_entry(topic, id)
+    if refund then redis.call('HINCRBY', key('job', id), 'attempts', -1) end
+    enqueue(topic, id)
+  end
+end
+
+-- Leases of consumers gone (closed) or presumed dead (heartbeat older than `timeout`) back to the queue; the
+-- attempt counts.  Right after a broker restart every heartbeat is old: nobody is presumed dead before the broker
+-- has been up for `timeout`, time enough for the live consumers to beat again.
+local function return_orphans(topic, me, timeout)
+  local uptime = tonumber(string.match(redis.call('INFO', 'server'), 'uptime_in_seconds:(%d+)'))
   local stream = key(topic, 'stream')
   for _, consumer in ipairs(redis.call('XINFO', 'CONSUMERS', stream, GROUP)) do
     local name, pending = consumer[2], consumer[4]
     local seen = redis.call('ZSCORE', key('consumers'), name)
-    if name ~= me and (not seen or tonumber(seen) < now - timeout) then
-      if pending > 0 then
-        for _, lease in ipairs(redis.call('XPENDING', stream, GROUP, '-', '+', pending, name)) do
-          local id = redis.call('XRANGE', stream, lease[1], lease[1])[1][2][2]
-          drop_entry(topic, id)
-          enqueue(topic, id)
-        end
-      end
+    if name ~= me and (not seen or (uptime >= timeout and tonumber(seen) < now - timeout)) then
+      give_back(topic, name, pending, false)
       redis.call('XGROUP', 'DELCONSUMER', stream, GROUP, name)
       redis.call('ZREM', key('consumers'), name)
     end
@@ -67,7 +77,7 @@ local function return_orphans(topic, me, timeout)  -- leases of consumers whose 
 end
 
 -- script: put
-return put(ARGV[1], ARGV[2], ARGV[3])
+return put(ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]))
 
 -- script: heartbeat
 redis.call('ZADD', key('consumers'), now, ARGV[1])
@@ -81,7 +91,7 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', key(topic, 'delayed'), '-inf', n
   enqueue(topic, id)
 end
 return_orphans(topic, me, tonumber(ARGV[6]))
-local jobs = {}
+local jobs, buried = {}, {}
 local function lease(id)
   local attempts = redis.call('HINCRBY', key('job', id), 'attempts', 1)
   local job = redis.call('HMGET', key('job', id), 'key', 'payload', 'created_at')
@@ -89,8 +99,10 @@ local function lease(id)
 end
 for _, entry in ipairs(redis.call('XAUTOCLAIM', stream, GROUP, me, ARGV[4], '0-0', 'COUNT', limit)[2]) do
   local id = entry[2][2]  -- its lease expired: its consumer is stuck, or died and has not been noticed yet
-  if tonumber(redis.call('HGET', key('job', id), 'attempts')) >= tonumber(ARGV[5]) then
+  local attempts = tonumber(redis.call('HGET', key('job', id), 'attempts'))
+  if attempts >= tonumber(ARGV[5]) then
     bury(topic, id, 'attempts exhausted (last lease expired)')
+    table.insert(buried, {redis.call('HGET', key('job', id), 'key'), attempts})
   else
     lease(id)
   end
@@ -99,7 +111,7 @@ if #jobs < limit then
   local new = redis.call('XREADGROUP', 'GROUP', GROUP, me, 'COUNT', limit - #jobs, 'STREAMS', stream, '>')
   if new then for _, entry in ipairs(new[1][2]) do lease(entry[2][2]) end end
 end
-return jobs
+return {jobs, buried}
 
 -- script: complete
 local topic = topic_of(ARGV[1])
@@ -149,6 +161,11 @@ for _, topic in ipairs(ARGV) do
   end
 end
 return count
+
+-- script: hand_back
+for _, consumer in ipairs(redis.call('XINFO', 'CONSUMERS', key(ARGV[2], 'stream'), GROUP)) do
+  if consumer[2] == ARGV[1] then give_back(ARGV[2], ARGV[1], consumer[4], true) end
+end
 
 -- script: recover
 redis.call('ZADD', key('consumers'), now, ARGV[1])

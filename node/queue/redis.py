@@ -7,7 +7,7 @@ Data layout (all keys under `knee-node:`; T is a topic, N a job number):
     job:N       hash    topic, key, payload (JSON), attempts, created_at, error; entry: its stream entry while
                         queued or leased, else empty; letter: its entry in T:dead once dead-lettered
     T:keys      hash    key -> N of the unfinished job with that key: one unfinished job per (topic, key)
-    T:created   zset    N scored by created_at, every unfinished job: depth, oldest age
+    T:created   zset    N scored by created_at, every unfinished job: depth (and the bound put checks), oldest age
     T:stream    stream  one entry {job: N} per queued or leased job, consumer group `consumers`: an entry not yet
                         delivered is queued, a pending one (in the group's PEL) is leased by its consumer.
                         Giving a job back to the queue = XACK + XDEL its entry and XADD a fresh one.
@@ -15,12 +15,15 @@ Data layout (all keys under `knee-node:`; T is a topic, N a job number):
     T:dead      stream  the dead letters, one entry {job: N}; the job hash keeps payload and last error
     consumers   zset    consumer name (host:pid:random) -> time of its last heartbeat
 
-Leases: a pending entry idle for `lease_seconds` is taken over by the next claim (XAUTOCLAIM) as a new attempt,
-or dead-lettered when the attempts are used up.  Dead consumers: every consuming process heartbeats every
-HEARTBEAT_SECONDS; one silent for CONSUMER_TIMEOUT_SECONDS is presumed dead (kill -9, lost host), and the next
-claim or recover() of a peer puts its leased jobs back in the queue, without waiting for the leases to run out.
-A live peer's leases are never taken before they expire.  Times come from the Redis server's clock, so the
-hosts' clocks need not agree.
+Leases: a pending entry idle for `lease_seconds` is taken over by the next claim (XAUTOCLAIM) as a new attempt, or
+dead-lettered when the attempts are used up.  Dead consumers: every consuming process heartbeats every
+HEARTBEAT_SECONDS; one silent for CONSUMER_TIMEOUT_SECONDS is presumed dead (kill -9, lost host), and the next claim
+or recover() of a peer puts its leased jobs back in the queue, without waiting for the leases to run out (after a
+broker restart, not before the broker has been up that long: every heartbeat is old then).  A live peer's leases are
+never taken before they expire.  Broker outages: a live consumer that drops its jobs because the broker went away
+hands them back (hand_back); what the broker could not take then, the heartbeat hands back as soon as it answers
+again, so an outage delays those jobs by about its own length, not by a lease.  Times come from the Redis server's
+clock, so the hosts' clocks need not agree.
 
 Redis itself must keep what it acknowledged: `appendonly yes` with `appendfsync always` (the receiver answers
 Success once put() returns), and `maxmemory-policy noeviction`.  One Redis instance, not Redis Cluster (the
@@ -29,6 +32,7 @@ scripts touch keys they compute); replicas copy asynchronously, so a failover ma
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import secrets
@@ -42,7 +46,7 @@ from typing import Any
 
 import redis
 
-from node.queue import DeadJob, Job, Message, QueueUnavailable, State
+from node.queue import DeadJob, Job, Message, QueueFull, QueueUnavailable, State, dead_lettered
 from node.queue.messages import decode, encode
 
 PREFIX = "knee-node:"
@@ -82,6 +86,8 @@ class RedisQueue:
         self._scripts = {name: self._redis.register_script(body) for name, body in load_scripts().items()}
         self._closing = threading.Event()
         self._heartbeat: threading.Thread | None = None
+        self._to_hand_back: set[str] = set()  # topics whose leases go back once the broker answers
+        self._hand_back_lock = threading.Lock()
         with reachable():
             for topic in self.max_attempts:
                 try:
@@ -104,16 +110,36 @@ class RedisQueue:
         while not self._closing.wait(HEARTBEAT_SECONDS):
             try:
                 self._run("heartbeat", self.consumer)
+                self._give_back()  # the broker is back: what the consumers dropped goes to whoever claims first
             except QueueUnavailable:  # the next claim reports it; peers may take this consumer's leases meanwhile
                 continue
 
-    def put(self, key: str, message: Message) -> bool:
-        return bool(self._run("put", message.topic, key, encode(message)))
+    def hand_back(self, topic: str) -> None:
+        with self._hand_back_lock:
+            self._to_hand_back.add(topic)
+        with contextlib.suppress(QueueUnavailable):
+            self._give_back()
+
+    def _give_back(self) -> None:
+        """What hand_back() was asked for and the broker has not done yet; QueueUnavailable while it is away."""
+        with self._hand_back_lock:
+            for topic in sorted(self._to_hand_back):
+                self._run("hand_back", self.consumer, topic)
+                self._to_hand_back.discard(topic)
+
+    def put(self, key: str, message: Message, max_depth: int | None = None) -> bool:
+        added = int(self._run("put", message.topic, key, encode(message), "" if max_depth is None else max_depth))
+        if added < 0:
+            raise QueueFull(f"{message.topic} queue holds {max_depth} jobs")
+        return added == 1
 
     def claim(self, topic: str, limit: int) -> list[Job]:
         self._beat()
-        rows = self._run("claim", topic, self.consumer, limit, int(self.lease_seconds * 1000),
-                         self.max_attempts[topic], CONSUMER_TIMEOUT_SECONDS)
+        self._give_back()  # first: the leases this consumer dropped are not the ones it claims now
+        rows, buried = self._run("claim", topic, self.consumer, limit, int(self.lease_seconds * 1000),
+                                 self.max_attempts[topic], CONSUMER_TIMEOUT_SECONDS)
+        for key, attempts in buried:
+            dead_lettered(topic, key, int(attempts), "attempts exhausted (last lease expired)")
         return [Job(id_, topic, key, decode(topic, payload), int(attempts), float(created))
                 for id_, key, payload, attempts, created in rows]
 
@@ -124,10 +150,13 @@ class RedisQueue:
     def retry(self, job: Job, error: str, delay: float) -> State:
         state = State.DEAD if job.attempts >= self.max_attempts[job.topic] else State.QUEUED
         self._run("retry", job.id, error, delay, int(state is State.DEAD))
+        if state is State.DEAD:
+            dead_lettered(job.topic, job.key, job.attempts, error)
         return state
 
     def bury(self, job: Job, error: str) -> None:
         self._run("bury", job.id, error)
+        dead_lettered(job.topic, job.key, job.attempts, error)
 
     def release(self, jobs: list[Job]) -> None:
         if jobs:

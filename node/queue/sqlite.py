@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
 import time
@@ -9,7 +10,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from node.queue import DeadJob, Job, Message, QueueUnavailable, State
+from node.queue import DeadJob, Job, Message, QueueFull, QueueUnavailable, State, dead_lettered
 from node.queue.messages import decode, encode
 
 SCHEMA = """
@@ -27,6 +28,7 @@ CREATE TABLE IF NOT EXISTS jobs (
 CREATE UNIQUE INDEX IF NOT EXISTS unfinished_key ON jobs (topic, key) WHERE state IN ('queued', 'leased');
 CREATE INDEX IF NOT EXISTS claimable ON jobs (topic, state, available_at);
 """
+EXHAUSTED = "attempts exhausted (last lease expired)"
 
 
 class SqliteQueue:
@@ -62,10 +64,16 @@ class SqliteQueue:
             return False
         return True
 
-    def put(self, key: str, message: Message) -> bool:
+    def put(self, key: str, message: Message, max_depth: int | None = None) -> bool:
         with self._available:
             try:
+                # BEGIN IMMEDIATE takes the write lock first: no other process puts between the count and the insert.
                 with self._transaction() as db:
+                    if db.execute("SELECT 1 FROM jobs WHERE topic = ? AND key = ? AND state IN (?, ?)",
+                                  (message.topic, key, State.QUEUED, State.LEASED)).fetchone():
+                        return False
+                    if max_depth is not None and self._depth(db, message.topic) >= max_depth:
+                        raise QueueFull(f"{message.topic} queue holds {max_depth} jobs")
                     added = self._insert(db, key, message)
             except sqlite3.OperationalError as error:  # disk full, I/O error, locked for too long
                 raise QueueUnavailable(str(error)) from error
@@ -78,14 +86,17 @@ class SqliteQueue:
             # For a leased job, available_at is the end of its lease; past it, its consumer died.
             db.execute("UPDATE jobs SET state = ? WHERE topic = ? AND state = ? AND available_at <= ?",
                        (State.QUEUED, topic, State.LEASED, now))
-            db.execute("UPDATE jobs SET state = ?, error = 'attempts exhausted (last lease expired)' "
-                       "WHERE topic = ? AND state = ? AND attempts >= ?",
-                       (State.DEAD, topic, State.QUEUED, self.max_attempts[topic]))
+            exhausted = db.execute("SELECT id, key, attempts FROM jobs WHERE topic = ? AND state = ? AND attempts >= ?",
+                                   (topic, State.QUEUED, self.max_attempts[topic])).fetchall()
+            db.executemany("UPDATE jobs SET state = ?, error = ? WHERE id = ?",
+                           [(State.DEAD, EXHAUSTED, id_) for id_, _, _ in exhausted])
             rows = db.execute("SELECT id, key, payload, attempts, created_at FROM jobs WHERE topic = ? AND state = ? "
                               "AND available_at <= ? ORDER BY available_at, id LIMIT ?",
                               (topic, State.QUEUED, now, limit)).fetchall()
             db.executemany("UPDATE jobs SET state = ?, attempts = attempts + 1, available_at = ? WHERE id = ?",
                            [(State.LEASED, now + self.lease_seconds, row[0]) for row in rows])
+        for _, key, attempts in exhausted:
+            dead_lettered(topic, key, attempts, EXHAUSTED)
         return [Job(str(id_), topic, key, decode(topic, payload), attempts + 1, created)
                 for id_, key, payload, attempts, created in rows]
 
@@ -105,11 +116,14 @@ class SqliteQueue:
                 db.execute("UPDATE jobs SET state = ?, available_at = ?, error = ? WHERE id = ?",
                            (state, time.time() + delay, error, int(job.id)))
             self._available.notify_all()
+        if state is State.DEAD:
+            dead_lettered(job.topic, job.key, job.attempts, error)
         return state
 
     def bury(self, job: Job, error: str) -> None:
         with self._lock, self._transaction() as db:
             db.execute("UPDATE jobs SET state = ?, error = ? WHERE id = ?", (State.DEAD, error, int(job.id)))
+        dead_lettered(job.topic, job.key, job.attempts, error)
 
     def release(self, jobs: list[Job]) -> None:
         with self._available:
@@ -119,10 +133,22 @@ class SqliteQueue:
                                [(State.QUEUED, time.time(), int(job.id), State.LEASED) for job in jobs])
             self._available.notify_all()
 
+    def hand_back(self, topic: str) -> None:
+        """At once, where SQLite can (every lease of `topic` is this process's); where it cannot (disk full), the
+        leases run out, or the next start's recover() takes them."""
+        with contextlib.suppress(sqlite3.Error), self._available, self._transaction() as db:
+            db.execute("UPDATE jobs SET state = ?, attempts = attempts - 1, available_at = ? "
+                       "WHERE topic = ? AND state = ?", (State.QUEUED, time.time(), topic, State.LEASED))
+            self._available.notify_all()
+
     def depth(self, topic: str) -> int:
         with self._lock:
-            (count,) = self._db.execute("SELECT COUNT(*) FROM jobs WHERE topic = ? AND state IN (?, ?)",
-                                        (topic, State.QUEUED, State.LEASED)).fetchone()
+            return self._depth(self._db, topic)
+
+    @staticmethod
+    def _depth(db: sqlite3.Connection, topic: str) -> int:
+        (count,) = db.execute("SELECT COUNT(*) FROM jobs WHERE topic = ? AND state IN (?, ?)",
+                              (topic, State.QUEUED, State.LEASED)).fetchone()
         return int(count)
 
     def wait(self, timeout: float) -> None:

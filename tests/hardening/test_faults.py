@@ -1,5 +1,5 @@
-"""Faults against a real `knee-node serve`: kill -9 during receive, analysis and dispatch; a full spool disk;
-destinations that answer failure statuses.
+"""Faults against a real `knee-node serve`: kill -9 during receive, analysis and dispatch; a full spool disk; a full
+data_dir; destinations that answer failure statuses.
 
 Invariants everywhere: nothing acknowledged is lost (each acknowledged radiograph's SC and SR reach the
 destination), nothing is delivered twice (output UIDs are deterministic: counted as distinct SOP Instance UIDs
@@ -9,7 +9,9 @@ at the destination).  tests/test_serve.py adds kill -9 after 10 of 20 acknowledg
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
+import os
 import subprocess
 import time
 from collections.abc import Iterator
@@ -20,7 +22,7 @@ import pydicom
 import pytest
 from pynetdicom import evt
 
-from node.scu import Sent, send
+from node.scu import Sent, echo, send
 from node.training.data import CropSet
 from tests.helpers import NodeProcess, StoreScp, wait_until
 from tools.synthetic import compose
@@ -163,6 +165,58 @@ def test_a_full_spool_disk_answers_out_of_resources_and_loses_nothing_acknowledg
     assert not list(small_spool.iterdir())  # every spooled radiograph analysed and removed
 
 
+@pytest.fixture
+def small_data_dir(tmp_path: Path) -> Iterator[Path]:
+    """The node's data_dir on a 4 MB tmpfs; skipped where mount is not allowed."""
+    data_dir = tmp_path / "node" / "data"
+    data_dir.mkdir(parents=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(data_dir)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs: {mounted.stderr.decode().strip()}")
+    yield data_dir
+    subprocess.run(["umount", "-l", str(data_dir)], check=True)
+
+
+def fill(folder: Path) -> Path:
+    """A file that takes every free byte of `folder`'s file system."""
+    filler = folder / "filler"
+    descriptor = os.open(filler, os.O_WRONLY | os.O_CREAT)
+    try:
+        while True:
+            os.write(descriptor, b"\0" * 65536)
+    except OSError as error:
+        assert error.errno == errno.ENOSPC
+    finally:
+        os.close(descriptor)
+    assert os.statvfs(folder).f_bavail == 0
+    return filler
+
+
+def test_a_full_data_dir_answers_out_of_resources_without_aborting_and_loses_nothing_acknowledged(
+        small_data_dir: Path, radiographs: list[Path], model_dir: Path, tmp_path: Path) -> None:
+    destination = StoreScp(tmp_path / "pacs").start()
+    # The spool on another disk: what fills up is data_dir, where pynetdicom writes arriving instances.
+    node = NodeProcess(tmp_path / "node", model_dir, spool_dir=str(tmp_path / "spool"), scp={"min_free_disk_mb": 0},
+                       destinations=[{"ae_title": "DEST", "host": "127.0.0.1", "port": destination.port}]).start()
+    try:
+        filler = fill(small_data_dir)
+        refused = list(send(radiographs[:3], node.peer(), "TEST_SCU"))  # one association
+        assert echo(node.peer(), "ECHOSCU") == 0x0000
+        filler.unlink()
+        answers = send_all(radiographs, node)
+        check_delivered(destination, radiographs)
+    finally:
+        node.stop()
+        destination.stop()
+    print(f"full data_dir: {[f'0x{a.status:04X}' if a.status is not None else a.reason for a in refused]} on one "
+          f"association; after freeing it {len(answers)} C-STOREs for {len(radiographs)} radiographs")
+    assert [a.status for a in refused] == [0xA700] * 3  # each answered on the association it came by
+    failed = node.events("receive_failed")
+    assert len(failed) == 3 and all("cannot write instance: [Errno 28]" in event["reason"] for event in failed)
+    assert "aborting association" not in node.log.read_text()  # pynetdicom's line when a handler's write fails
+    assert {a.status for a in answers} == {0x0000}
+
+
 def test_destinations_answering_failure_are_retried_then_dead_lettered_never_counted_delivered(
         radiographs: list[Path], model_dir: Path, tmp_path: Path) -> None:
     full = CountingScp(tmp_path / "full", "FULL", status=0xA700).start()
@@ -177,14 +231,23 @@ def test_destinations_answering_failure_are_retried_then_dead_lettered_never_cou
         check_delivered(healthy, radiographs[:2])  # one failing destination does not hold up another
         wait_until(lambda: queue_counts(node)["deliver"].get("dead", 0) == 12, timeout=120)
         assert node.metric("knee_node_sent_total") == 6
+        assert node.metric('knee_node_dead_letters{queue="deliver"}') == 12
+        assert node.metric('knee_node_queue_oldest_seconds{queue="deliver"}') == 0  # nothing unfinished
     finally:
         node.stop()
         for scp in (full, refusing, healthy):
             scp.stop()
     assert full.attempts == refusing.attempts == 6 * 3  # six results, three attempts each
     assert full.received == refusing.received == []
-    letters = json.loads(node.admin("status", "--json").stdout)["dead_letters"]
-    assert sorted(letter["error"] for letter in letters) == ["status 0xA700"] * 4 + ["status 0xC000"] * 4
+    status = json.loads(node.admin("status", "--json").stdout)
+    assert sorted(letter["error"] for letter in status["dead_letters"]) == ["status 0xA700"] * 6 + ["status 0xC000"] * 6
+    assert sorted((e["reason"], e["count"]) for e in status["dead_by_reason"]["deliver"]) == [
+        ("status 0xA700", 6), ("status 0xC000", 6)]
+    assert all(e["oldest_seconds"] > 0 for e in status["dead_by_reason"]["deliver"])
+    warnings = node.events("dead_letter")  # one WARNING line per dead letter, with its reason
+    assert sorted(w["reason"] for w in warnings) == ["status 0xA700"] * 4 + ["status 0xC000"] * 4
+    assert {(w["level"], w["queue"], w["attempts"]) for w in warnings} == {("WARNING", "deliver", 3)}
+    assert "dead    4 queued" in node.admin("status").stdout
     audit = [json.loads(line) for path in (node.folder / "data" / "audit").glob("*.jsonl")
              for line in path.read_text().splitlines()]
     assert {record["destination"] for record in audit if record["event"] == "delivered"} == {"HEALTHY"}
