@@ -9,7 +9,9 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-DEBIAN_PACKAGES := dcmtk dicom3tools libpixelmed-java orthanc orthanc-dicomweb orthanc-webviewer orthanc-gdcm chromium nodejs npm redis-server openssl
+DEBIAN_PACKAGES := dcmtk dicom3tools libpixelmed-java orthanc orthanc-dicomweb orthanc-webviewer orthanc-gdcm chromium redis-server openssl
+# Node.js and npm only where missing: a NodeSource nodejs carries its own npm and conflicts with Debian's.
+NODE_PACKAGES := $(if $(shell command -v npm),,nodejs npm)
 STAMP := $(VENV)/.installed
 OHIF_VERSION := 3.13.2
 PLAYWRIGHT_VERSION := 1.65.1
@@ -32,7 +34,7 @@ $(STAMP): pyproject.toml Makefile
 	test -e /usr/share/orthanc/plugins/libOrthancWebViewer.so || missing=1; \
 	test -e /usr/share/java/pixelmed.jar || missing=1; \
 	if [ -n "$$missing" ]; then \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(DEBIAN_PACKAGES) \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(DEBIAN_PACKAGES) $(NODE_PACKAGES) \
 		&& DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker-compose; \
 	fi
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

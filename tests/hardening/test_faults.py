@@ -245,9 +245,9 @@ def test_destinations_answering_failure_are_retried_then_dead_lettered_never_cou
         ("status 0xA700", 6), ("status 0xC000", 6)]
     assert all(e["oldest_seconds"] > 0 for e in status["dead_by_reason"]["deliver"])
     warnings = node.events("dead_letter")  # one WARNING line per dead letter, with its reason
-    assert sorted(w["reason"] for w in warnings) == ["status 0xA700"] * 4 + ["status 0xC000"] * 4
+    assert sorted(w["reason"] for w in warnings) == ["status 0xA700"] * 6 + ["status 0xC000"] * 6
     assert {(w["level"], w["queue"], w["attempts"]) for w in warnings} == {("WARNING", "deliver", 3)}
-    assert "dead    4 queued" in node.admin("status").stdout
+    assert "dead    6 queued" in node.admin("status").stdout
     audit = [json.loads(line) for path in (node.folder / "data" / "audit").glob("*.jsonl")
              for line in path.read_text().splitlines()]
     assert {record["destination"] for record in audit if record["event"] == "delivered"} == {"HEALTHY"}
