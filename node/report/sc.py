@@ -12,7 +12,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 
 from node.analysis.model import ModelSpec
 from node.domain import Analysis, KneeResult, KneeRoi, Reliability
-from node.report.identity import SC_SERIES_NUMBER, Equipment, output_attributes, with_type_2
+from node.report.identity import SC_SERIES_NUMBER, Equipment, add_algorithm_equipment, output_attributes, with_type_2
 
 MAX_SIDE = 2048  # viewers show the overlay fitted to a screen; full detector resolution only costs storage
 DISCLAIMER = "AI result - not for primary diagnosis"
@@ -187,6 +187,7 @@ def build_sc(analysis: Analysis, spec: ModelSpec, equipment: Equipment) -> hd.sc
     sc.BurnedInAnnotation = "YES"
     sc.DerivationDescription = f"Grad-CAM overlay of KL grading by {spec.name} {spec.version}"
     sc.SourceImageSequence = [source_reference(header)]
+    add_algorithm_equipment(sc, spec, equipment)
     return sc
 
 

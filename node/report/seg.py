@@ -16,7 +16,7 @@ from pydicom.sr.codedict import codes
 from node.analysis.model import ModelSpec
 from node.domain import Analysis, KneeResult
 from node.report import codes as kl
-from node.report.identity import SEG_SERIES_NUMBER, Equipment, output_attributes, with_type_2
+from node.report.identity import SEG_SERIES_NUMBER, Equipment, add_algorithm_equipment, output_attributes, with_type_2
 
 SEGMENT_LABEL = "Grad-CAM attention"
 MAX_FRACTIONAL_VALUE = 255
@@ -76,4 +76,5 @@ def build_seg(analysis: Analysis, spec: ModelSpec, equipment: Equipment) -> hd.s
         **output_attributes(header, spec, equipment, kind="seg"),
     )
     seg.PatientOrientation = header.get("PatientOrientation") or ""  # Type 2C without a patient coordinate system
+    add_algorithm_equipment(seg, spec, equipment)
     return seg

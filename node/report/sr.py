@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import highdicom as hd
 from highdicom.sr import (
-    AlgorithmIdentification,
     CodeContentItem,
     CodedConcept,
     ContainerContentItem,
@@ -36,7 +35,14 @@ from pydicom.sr.codedict import codes
 from node.analysis.model import ModelSpec
 from node.domain import Analysis, KneeResult, Radiograph
 from node.report import codes as kl
-from node.report.identity import SR_SERIES_NUMBER, Equipment, output_attributes, with_type_2
+from node.report.identity import (
+    SR_SERIES_NUMBER,
+    Equipment,
+    add_algorithm_equipment,
+    algorithm_identification,
+    output_attributes,
+    with_type_2,
+)
 from node.report.uids import derived_uid
 
 ENGLISH = CodedConcept("en-US", "RFC5646", "English (United States)")
@@ -67,7 +73,7 @@ def build_sr(analysis: Analysis, spec: ModelSpec, equipment: Equipment) -> hd.sr
         measurements = ContainerContentItem(name=codes.DCM.ImagingMeasurements, relationship_type=CONTAINS)
         measurements.ContentSequence = ContentSequence()
         for knee in analysis.knees:
-            measurements.ContentSequence.extend(measurement_group(knee, header, spec))
+            measurements.ContentSequence.extend(measurement_group(knee, header, spec, equipment))
         root.ContentSequence.append(measurements)
     # A refused knee gets no measurement group, only the reason; a radiograph with no knee found, its reason.
     comments = [f"{knee.roi.laterality.word} knee: {knee.refusal.reason}" for knee in analysis.refused]
@@ -79,7 +85,7 @@ def build_sr(analysis: Analysis, spec: ModelSpec, equipment: Equipment) -> hd.sr
             TextContentItem(name=codes.DCM.Comment, value=comment[:1024], relationship_type=CONTAINS)
             for comment in comments])
         root.ContentSequence.append(evaluations)
-    return hd.sr.ComprehensiveSR(
+    sr = hd.sr.ComprehensiveSR(
         evidence=[with_type_2(header)],
         content=root,
         series_number=SR_SERIES_NUMBER,
@@ -89,6 +95,8 @@ def build_sr(analysis: Analysis, spec: ModelSpec, equipment: Equipment) -> hd.sr
         series_description="knee-node KL grading report",
         **output_attributes(header, spec, equipment, kind="sr"),
     )
+    add_algorithm_equipment(sr, spec, equipment)
+    return sr
 
 
 def knee_label(knee: KneeResult) -> str:
@@ -96,7 +104,8 @@ def knee_label(knee: KneeResult) -> str:
     return f"{knee.roi.laterality.word} knee: KL {knee.grade}, {100 * knee.confidence:.0f} %"
 
 
-def measurement_group(knee: KneeResult, header: Dataset, spec: ModelSpec) -> MeasurementsAndQualitativeEvaluations:
+def measurement_group(knee: KneeResult, header: Dataset, spec: ModelSpec,
+                      equipment: Equipment) -> MeasurementsAndQualitativeEvaluations:
     """One knee's TID 1501 group, laid out as docs/results.md describes (and OHIF's SR adapter reads it).
 
     The knee's box is both the group's region (a SCOORD the group CONTAINS: how OHIF picks its rectangle tool) and
@@ -117,9 +126,7 @@ def measurement_group(knee: KneeResult, header: Dataset, spec: ModelSpec) -> Mea
             identifier=f"{side.word} knee"),
         finding_type=kl.kl_grade_value(knee.grade),
         finding_sites=[FindingSite(anatomic_location=kl.KNEE_JOINT, laterality=kl.LATERALITY[side])],
-        algorithm_id=AlgorithmIdentification(
-            name=spec.name, version=spec.version,
-            parameters=[f"weights sha256 {spec.sha256}", f"temperature {spec.temperature}"]),
+        algorithm_id=algorithm_identification(spec, equipment),
         measurements=[
             grade_number,
             Measurement(name=kl.KL_CONFIDENCE, value=round(100 * knee.confidence, 2), unit=kl.PERCENT),

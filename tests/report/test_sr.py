@@ -54,7 +54,7 @@ def test_sr_round_trips_through_highdicom(tmp_path: Path, graded: Analysis, anal
     assert (sr.CompletionFlag, sr.VerificationFlag, sr.PreliminaryFlag) == ("COMPLETE", "UNVERIFIED", "PRELIMINARY")
     assert sr.Modality == "SR" and sr.StudyInstanceUID == graded.radiograph.header.StudyInstanceUID
     assert sr.SeriesInstanceUID != graded.radiograph.header.SeriesInstanceUID
-    assert [item.CodingSchemeDesignator for item in sr.CodingSchemeIdentificationSequence] == ["99KNEEKL"]
+    assert [item.CodingSchemeDesignator for item in sr.CodingSchemeIdentificationSequence] == ["99KNEEKL", "99IHE"]
     (group,) = sr.content.get_image_measurement_groups()
     side = knee.roi.laterality
     assert group.tracking_identifier == f"{side.word} knee"
@@ -104,13 +104,14 @@ def test_a_bilateral_radiograph_gives_one_measurement_group_per_knee(tmp_path: P
         assert float(grade.value) == knee.grade
         np.testing.assert_allclose(box(group[0]).value, knee.roi.corners, atol=0.01)
     # PixelMed: no errors.  Its template tables (2022) lack TID 1501 rows 11 and 12, the group's coded and text
-    # qualitative evaluations, so it calls KLG, REL and the label "not in template" (docs/results.md).
+    # qualitative evaluations, and TID 4019 row 2b, Algorithm Manufacturer, so it calls KLG, REL, the label and the
+    # manufacturer "not in template" (docs/results.md).
     findings = pixelmed_sr_findings(path)
     assert [line for line in findings if line.startswith("Error")] == []
     warned = {line.split("/")[-1] for line in findings}
     assert warned == {f'{item}: Content Item not in template' for item in (
         'CODE (KLG,99KNEEKL,"Kellgren-Lawrence grade")', 'CODE (REL,99KNEEKL,"Result reliability")',
-        'TEXT (121106,DCM,"Comment")')}, findings
+        'TEXT (121106,DCM,"Comment")', 'TEXT (122405,DCM,"Algorithm Manufacturer")')}, findings
 
 
 def test_sr_without_a_graded_knee_says_why(tmp_path: Path, not_graded: Analysis, analyzer: Analyzer,
