@@ -16,6 +16,7 @@ from dataclasses import MISSING, dataclass, field, fields, is_dataclass, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -176,6 +177,44 @@ class MetricsConfig:
         check_port(self.port, allow_zero=True)
 
 
+EMAIL_ADDRESS = re.compile(r"^[^@\s,<>]+@[^@\s,<>]+$")
+
+
+@dataclass(frozen=True)
+class AlertsConfig:
+    """Alerts to an administrator (node.alerts): on when a webhook or e-mail recipients are set."""
+
+    webhook_url: str = ""  # http:// or https://: each alert POSTed as JSON
+    email_to: tuple[str, ...] = ()
+    email_from: str = ""  # "": knee-node@HOSTNAME
+    smtp_host: str = ""
+    smtp_port: int = 25
+    smtp_starttls: bool = False
+    smtp_username: str = ""
+    smtp_password: str = field(default="", repr=False)
+    backlog_seconds: float = 3600.0  # alert when a queue's oldest unfinished job is older; 0: no backlog alerts
+    repeat_seconds: float = 900.0  # at most one alert per kind and queue in this time; later ones sum up
+
+    def __post_init__(self) -> None:
+        if self.webhook_url:
+            url = urlsplit(self.webhook_url)
+            check(url.scheme in ("http", "https") and bool(url.hostname),
+                  f"webhook_url: {self.webhook_url!r} is not an http:// or https:// URL")
+        for address in (*self.email_to, *([self.email_from] if self.email_from else [])):
+            check(bool(EMAIL_ADDRESS.match(address)), f"email: {address!r} is not an e-mail address")
+        check(not self.email_to or self.smtp_host != "", "smtp_host: needed to send e-mail (email_to is set)")
+        check(bool(self.email_to) or not (self.smtp_host or self.email_from),
+              "email_to: required when smtp_host or email_from is set (the recipients)")
+        check_port(self.smtp_port)
+        check(bool(self.smtp_username) == bool(self.smtp_password), "smtp_password: goes with smtp_username")
+        check(self.backlog_seconds >= 0, "backlog_seconds: must be 0 (off) or more")
+        check(self.repeat_seconds > 0, "repeat_seconds: must be positive")
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.webhook_url or self.email_to)
+
+
 @dataclass(frozen=True)
 class Config:
     data_dir: Path = Path("data")
@@ -189,6 +228,7 @@ class Config:
     destinations: tuple[Destination, ...] = ()
     dispatch: DispatchConfig = field(default_factory=DispatchConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    alerts: AlertsConfig = field(default_factory=AlertsConfig)
 
     @property
     def spool(self) -> Path:

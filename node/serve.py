@@ -59,6 +59,10 @@ def serve(config: Config, role: Role = "all", on_ready: Callable[[dict[str, int]
         loops["dispatcher"] = background(Dispatcher(config, queue, metrics, audit).run, "dispatcher")
         if not config.destinations:
             log_event("no_destinations", results=str(config.data_dir / "results"))
+    if config.alerts.enabled:  # the one place alerts are raised: it watches the queues every process shares
+        from node.alerts import Alerter
+
+        loops["alerts"] = background(Alerter(config.alerts, queue, config.scp.ae_title).run, "alerts")
 
     def healthy() -> dict[str, bool]:
         checks = {name: thread.is_alive() for name, (thread, _) in loops.items()}
@@ -84,7 +88,7 @@ def serve(config: Config, role: Role = "all", on_ready: Callable[[dict[str, int]
     log_event("stopping", role=role)
     if receiver is not None:
         receiver.stop()
-    for name in ("worker", "dispatcher"):  # the worker's last results reach the dispatcher's flush
+    for name in ("worker", "dispatcher", "alerts"):  # the worker's last results reach the dispatcher's flush
         if name in loops:
             thread, done = loops[name]
             done.set()
