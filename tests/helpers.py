@@ -78,11 +78,20 @@ UNLIMITED_XPATH = ["-Djdk.xml.xpathExprOpLimit=0", "-Djdk.xml.xpathExprGrpLimit=
 
 def pixelmed_sr_findings(path: Path) -> list[str]:
     """The error and warning lines of PixelMed's DicomSRValidator (IOD, templates, context groups) for an SR."""
+    return pixelmed_findings("DicomSRValidator", path)
+
+
+def pixelmed_iod_errors(path: Path) -> list[str]:
+    """The error lines of PixelMed's DicomInstanceValidator (the IOD's modules and attributes) for any object."""
+    return [line for line in pixelmed_findings("DicomInstanceValidator", path) if line.startswith("Error")]
+
+
+def pixelmed_findings(validator: str, path: Path) -> list[str]:
     java = require_tool("java")
     if not PIXELMED.is_file():
         pytest.skip(f"{PIXELMED} not installed (make test installs libpixelmed-java)")
     classpath = f"{PIXELMED}:/usr/share/java/commons-codec.jar"
-    result = subprocess.run([java, *UNLIMITED_XPATH, "-cp", classpath, "com.pixelmed.validate.DicomSRValidator",
+    result = subprocess.run([java, *UNLIMITED_XPATH, "-cp", classpath, f"com.pixelmed.validate.{validator}",
                              str(path)], capture_output=True, text=True, timeout=300)
     return [line for line in (result.stdout + result.stderr).splitlines() if line.startswith(("Error", "Warning"))]
 

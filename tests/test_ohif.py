@@ -19,6 +19,7 @@ import pydicom
 import pytest
 from pydicom.sr.codedict import codes
 
+from node.report.seg import BANDS, band_label
 from tests.helpers import require_tool
 from tests.test_orthanc import colourful_share, deployment, upload, wait_for_results
 from tools import KNEE_KL, REPO
@@ -96,11 +97,17 @@ def test_the_sr_becomes_one_tracked_measurement_per_knee_with_its_label(viewed: 
         assert f"/instances/{viewed['source']}/" in measurement["referencedImageId"]  # boxes on the radiograph
 
 
-def test_the_seg_overlay_switches_on_and_off(viewed: dict[str, Any]) -> None:
+def test_the_seg_overlay_lists_its_bands_and_switches_on_and_off(viewed: dict[str, Any]) -> None:
+    assert viewed["shown"]["segments"] == [band_label(*band) for band in BANDS]
     seg = viewed["shown"]["seg"]
-    if seg["status"] == "refused":
-        # @cornerstonejs/adapters (OHIF 3.13.2) loads BINARY and LABELMAP SEGs only: docs/results.md.
-        pytest.xfail(f"OHIF refuses the FRACTIONAL SEG: {seg['message']}")
     on, off = canvas(seg["on"]["canvas"]), canvas(seg["off"]["canvas"])
     assert seg["on"]["imageId"] == seg["off"]["imageId"]
-    assert (np.abs(on.astype(int) - off.astype(int)).max(axis=2) > 40).mean() > 0.005
+    changed = np.abs(on.astype(int) - off.astype(int)).max(axis=2) > 40
+    assert changed.mean() > 0.005
+    # On the knees: inside their boxes (the SR's measurements, on the same canvas) and nowhere else.
+    on_knees = np.zeros(changed.shape, bool)
+    for box in seg["boxes"]:
+        (left, top), (right, bottom) = np.min(box, axis=0).astype(int), np.ceil(np.max(box, axis=0)).astype(int)
+        assert changed[top:bottom + 1, left:right + 1].mean() > 0.3
+        on_knees[top:bottom + 1, left:right + 1] = True
+    assert not changed[~on_knees].any()

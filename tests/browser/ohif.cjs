@@ -2,8 +2,9 @@
 //
 // node ohif.cjs SPEC.json: SPEC has viewer (the study's viewer URL), series ({SC, SR, SEG: SeriesInstanceUID}),
 // knees (how many), out (a folder), chromium (its path) and shownTours.  Shows the SC, then the SR (OHIF hydrates
-// it into tracked measurements; their panel opened), then the SEG with its overlay on and off; a screenshot of
-// each step in `out`, and out/result.json: the tracked measurements and what the viewport showed.  Every step
+// it into tracked measurements; their panel opened), then the SEG (its segments in their panel) with its overlay
+// on and off; a screenshot of each step in `out`, and out/result.json: the tracked measurements, the segments'
+// labels and what the viewport showed.  Every step
 // waits on the viewer's state or events, never on a fixed delay.
 'use strict';
 
@@ -14,6 +15,7 @@ const { chromium } = require(path.join(process.env.BROWSER_DIR, 'node_modules', 
 const spec = JSON.parse(fs.readFileSync(process.argv[2], 'utf8'));
 const STEP_TIMEOUT = 60000;
 const MEASUREMENT_PANEL = '@ohif/extension-measurement-tracking.panelModule.trackedMeasurements';
+const SEGMENTATION_PANEL = '@ohif/extension-cornerstone.panelModule.panelSegmentation';
 
 async function main() {
   const browser = await chromium.launch({
@@ -56,39 +58,46 @@ async function main() {
     await rendered(page);
     await page.screenshot({ path: path.join(spec.out, '2-sr.png') });
 
-    // The SEG: shown over the radiograph, then its overlay switched off; or OHIF says it cannot.
-    const refused = new Promise(resolve => page.on('console', message => {
-      const match = message.text().match(/Error: (Fractional segmentations are not yet supported)/);
-      if (match) resolve(match[1]);
+    // The SEG: shown over the radiograph (failing fast when OHIF cannot load it), its segments listed in the
+    // segmentation panel, then its overlay switched off.
+    const failed = new Promise((resolve, reject) => page.on('console', message => {
+      if (message.text().includes('failed to load')) reject(new Error(`OHIF: ${message.text()}`));
     }));
     await show(page, spec.series.SEG, false);
-    const loaded = page.waitForFunction(() => {
+    await Promise.race([failed, page.waitForFunction(() => {
       const { segmentationService, viewportGridService } = window.services;
       const viewportId = viewportGridService.getActiveViewportId();
       return segmentationService.getSegmentationRepresentations(viewportId).length > 0;
-    }).then(() => null);
-    const refusal = await Promise.race([loaded, refused]);
+    })]);
+    await page.evaluate(panel => window.services.panelService.activatePanel(panel, true), SEGMENTATION_PANEL);
+    result.segments = await page.evaluate(() => {
+      const [segmentation] = window.services.segmentationService.getSegmentations();
+      return Object.values(segmentation.segments).filter(Boolean).map(segment => segment.label);
+    });
+    for (const label of result.segments) {
+      await page.getByText(label, { exact: true }).first().waitFor();
+    }
+    await page.evaluate(() => window.activeViewport().resetCamera());
     await rendered(page);
     await page.screenshot({ path: path.join(spec.out, '3-seg-on.png') });
-    if (refusal) {
-      result.seg = { status: 'refused', message: refusal };
-    } else {
-      result.seg = { status: 'shown', on: await viewportPixels(page) };
-      await page.evaluate(() => {
-        const { segmentationService, viewportGridService } = window.services;
-        const viewportId = viewportGridService.getActiveViewportId();
-        const [representation] = segmentationService.getSegmentationRepresentations(viewportId);
-        segmentationService.toggleSegmentationRepresentationVisibility(viewportId, representation);
-      });
-      await page.waitForFunction(() => {
-        const { segmentationService, viewportGridService } = window.services;
-        const viewportId = viewportGridService.getActiveViewportId();
-        return segmentationService.getSegmentationRepresentations(viewportId).every(r => r.visible === false);
-      });
-      await rendered(page);
-      await page.screenshot({ path: path.join(spec.out, '4-seg-off.png') });
-      result.seg.off = await viewportPixels(page);
-    }
+    result.seg = { on: await viewportPixels(page) };
+    // Where the knees' boxes (the SR's measurements) lie on the canvas, to check that the overlay sits on them.
+    result.seg.boxes = await page.evaluate(() => window.services.measurementService.getMeasurements()
+      .map(m => m.points.map(point => window.activeViewport().worldToCanvas(point))));
+    await page.evaluate(() => {
+      const { segmentationService, viewportGridService } = window.services;
+      const viewportId = viewportGridService.getActiveViewportId();
+      const [representation] = segmentationService.getSegmentationRepresentations(viewportId);
+      segmentationService.toggleSegmentationRepresentationVisibility(viewportId, representation);
+    });
+    await page.waitForFunction(() => {
+      const { segmentationService, viewportGridService } = window.services;
+      const viewportId = viewportGridService.getActiveViewportId();
+      return segmentationService.getSegmentationRepresentations(viewportId).every(r => r.visible === false);
+    });
+    await rendered(page);
+    await page.screenshot({ path: path.join(spec.out, '4-seg-off.png') });
+    result.seg.off = await viewportPixels(page);
   } finally {
     fs.writeFileSync(path.join(spec.out, 'result.json'), JSON.stringify(result, null, 2));
     await browser.close();
