@@ -2,10 +2,10 @@
 //
 // node ohif.cjs SPEC.json: SPEC has viewer (the study's viewer URL), series ({SC, SR, SEG: SeriesInstanceUID}),
 // knees (how many), out (a folder), chromium (its path) and shownTours.  Shows the SC, then the SR (OHIF hydrates
-// it into tracked measurements; their panel opened), then the SEG (its segments in their panel) with its overlay
-// on and off; a screenshot of each step in `out`, and out/result.json: the tracked measurements, the segments'
-// labels and what the viewport showed.  Every step
-// waits on the viewer's state or events, never on a fixed delay.
+// it into tracked measurements; their panel opened), then the SEG (its segments and display settings in their
+// panel) with its overlay on and, switched by the panel's visibility toggle, off; a screenshot of each step in
+// `out`, and out/result.json: the tracked measurements, the segments' labels, the knees' boxes on the canvas and
+// what the viewport showed.  Every step waits on the viewer's state or events, never on a fixed delay.
 'use strict';
 
 const fs = require('fs');
@@ -77,6 +77,9 @@ async function main() {
     for (const label of result.segments) {
       await page.getByText(label, { exact: true }).first().waitFor();
     }
+    // Its display settings opened, as a radiologist adjusting the overlay's opacity would.
+    await page.locator('[data-cy^="segmentation-config-toggle"]').first().click();
+    await page.locator('[data-cy^="segmentation-config-opacity"]').first().waitFor();
     await page.evaluate(() => window.activeViewport().resetCamera());
     await rendered(page);
     await page.screenshot({ path: path.join(spec.out, '3-seg-on.png') });
@@ -84,12 +87,8 @@ async function main() {
     // Where the knees' boxes (the SR's measurements) lie on the canvas, to check that the overlay sits on them.
     result.seg.boxes = await page.evaluate(() => window.services.measurementService.getMeasurements()
       .map(m => m.points.map(point => window.activeViewport().worldToCanvas(point))));
-    await page.evaluate(() => {
-      const { segmentationService, viewportGridService } = window.services;
-      const viewportId = viewportGridService.getActiveViewportId();
-      const [representation] = segmentationService.getSegmentationRepresentations(viewportId);
-      segmentationService.toggleSegmentationRepresentationVisibility(viewportId, representation);
-    });
+    // The overlay switched off with the panel's visibility toggle (the eye above the segments).
+    await page.locator('[data-cy^="all-segments-visibility-toggle"]').first().click();
     await page.waitForFunction(() => {
       const { segmentationService, viewportGridService } = window.services;
       const viewportId = viewportGridService.getActiveViewportId();
