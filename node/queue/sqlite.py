@@ -43,17 +43,23 @@ class SqliteQueue:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(SCHEMA)
+        self._to_hand_back: set[str] = set()  # topics whose leases go back as soon as SQLite can write again
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
-        """An immediate (write-locking) transaction; the caller holds the thread lock."""
-        self._db.execute("BEGIN IMMEDIATE")
+        """An immediate (write-locking) transaction; the caller holds the thread lock.  SQLite failing (disk full,
+        I/O error, locked for too long): QueueUnavailable."""
         try:
-            yield self._db
-            self._db.execute("COMMIT")
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+                self._db.execute("COMMIT")
+            except BaseException:
+                if self._db.in_transaction:  # a COMMIT that failed for a full disk has rolled back already
+                    self._db.execute("ROLLBACK")
+                raise
+        except sqlite3.OperationalError as error:
+            raise QueueUnavailable(str(error)) from error
 
     def _insert(self, db: sqlite3.Connection, key: str, message: Message) -> bool:
         now = time.time()
@@ -66,21 +72,20 @@ class SqliteQueue:
 
     def put(self, key: str, message: Message, max_depth: int | None = None) -> bool:
         with self._available:
-            try:
-                # BEGIN IMMEDIATE takes the write lock first: no other process puts between the count and the insert.
-                with self._transaction() as db:
-                    if db.execute("SELECT 1 FROM jobs WHERE topic = ? AND key = ? AND state IN (?, ?)",
-                                  (message.topic, key, State.QUEUED, State.LEASED)).fetchone():
-                        return False
-                    if max_depth is not None and self._depth(db, message.topic) >= max_depth:
-                        raise QueueFull(f"{message.topic} queue holds {max_depth} jobs")
-                    added = self._insert(db, key, message)
-            except sqlite3.OperationalError as error:  # disk full, I/O error, locked for too long
-                raise QueueUnavailable(str(error)) from error
+            # BEGIN IMMEDIATE takes the write lock first: no other process puts between the count and the insert.
+            with self._transaction() as db:
+                if db.execute("SELECT 1 FROM jobs WHERE topic = ? AND key = ? AND state IN (?, ?)",
+                              (message.topic, key, State.QUEUED, State.LEASED)).fetchone():
+                    return False
+                if max_depth is not None and self._depth(db, message.topic) >= max_depth:
+                    raise QueueFull(f"{message.topic} queue holds {max_depth} jobs")
+                added = self._insert(db, key, message)
             self._available.notify_all()
             return added
 
     def claim(self, topic: str, limit: int) -> list[Job]:
+        with self._lock:
+            self._give_back()  # first: the leases this process dropped are not the ones it claims now
         now = time.time()
         with self._lock, self._transaction() as db:
             # For a leased job, available_at is the end of its lease; past it, its consumer died.
@@ -134,12 +139,21 @@ class SqliteQueue:
             self._available.notify_all()
 
     def hand_back(self, topic: str) -> None:
-        """At once, where SQLite can (every lease of `topic` is this process's); where it cannot (disk full), the
-        leases run out, or the next start's recover() takes them."""
-        with contextlib.suppress(sqlite3.Error), self._available, self._transaction() as db:
-            db.execute("UPDATE jobs SET state = ?, attempts = attempts - 1, available_at = ? "
-                       "WHERE topic = ? AND state = ?", (State.QUEUED, time.time(), topic, State.LEASED))
+        """At once, where SQLite can (every lease of `topic` is this process's); where it cannot (disk full), at
+        this process's next claim from `topic` that SQLite can write."""
+        with self._available:
+            self._to_hand_back.add(topic)
+            with contextlib.suppress(QueueUnavailable):
+                self._give_back()
             self._available.notify_all()
+
+    def _give_back(self) -> None:
+        """What hand_back() was asked for and SQLite has not done yet; the caller holds the thread lock."""
+        for topic in sorted(self._to_hand_back):
+            with self._transaction() as db:
+                db.execute("UPDATE jobs SET state = ?, attempts = attempts - 1, available_at = ? "
+                           "WHERE topic = ? AND state = ?", (State.QUEUED, time.time(), topic, State.LEASED))
+            self._to_hand_back.discard(topic)
 
     def depth(self, topic: str) -> int:
         with self._lock:
