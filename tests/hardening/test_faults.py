@@ -9,9 +9,7 @@ at the destination).  tests/test_serve.py adds kill -9 after 10 of 20 acknowledg
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
-import os
 import subprocess
 import time
 from collections.abc import Iterator
@@ -24,7 +22,7 @@ from pynetdicom import evt
 
 from node.scu import Sent, echo, send
 from node.training.data import CropSet
-from tests.helpers import NodeProcess, StoreScp, wait_until
+from tests.helpers import NodeProcess, StoreScp, fill, wait_until
 from tools.synthetic import compose
 
 SC = "1.2.840.10008.5.1.4.1.1.7"
@@ -175,21 +173,6 @@ def small_data_dir(tmp_path: Path) -> Iterator[Path]:
         pytest.skip(f"cannot mount a tmpfs: {mounted.stderr.decode().strip()}")
     yield data_dir
     subprocess.run(["umount", "-l", str(data_dir)], check=True)
-
-
-def fill(folder: Path) -> Path:
-    """A file that takes every free byte of `folder`'s file system."""
-    filler = folder / "filler"
-    descriptor = os.open(filler, os.O_WRONLY | os.O_CREAT)
-    try:
-        while True:
-            os.write(descriptor, b"\0" * 65536)
-    except OSError as error:
-        assert error.errno == errno.ENOSPC
-    finally:
-        os.close(descriptor)
-    assert os.statvfs(folder).f_bavail == 0
-    return filler
 
 
 def test_a_full_data_dir_answers_out_of_resources_without_aborting_and_loses_nothing_acknowledged(
