@@ -1,5 +1,5 @@
-"""Alerts: a real HTTP server takes the webhook's POSTs, a small SMTP server in the test the e-mails; a real SQLite
-queue holds the dead letters and the backlog."""
+"""Alerts: a real HTTP server takes the webhook's POSTs, a small SMTP server in the test the e-mails; real queues
+(SQLite, and Redis on a real redis-server) hold the dead letters and the backlog."""
 
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 
 from node.alerts import Alerter, scrub
-from node.config import AlertsConfig, ConfigError, load_config
-from node.queue import ANALYZE, DELIVER, AnalyzeJob, DeliverJob, Queue
+from node.config import AlertsConfig, Config, ConfigError, QueueConfig, load_config
+from node.queue import ANALYZE, DELIVER, AnalyzeJob, DeliverJob, Queue, open_queue
 from node.queue.sqlite import SqliteQueue
 from node.serve import serve
 from tests.helpers import wait_until
@@ -96,9 +96,11 @@ def webhook() -> Iterator[Webhook]:
     server.server.shutdown()
 
 
-@pytest.fixture
-def queue(tmp_path: Path) -> Iterator[SqliteQueue]:
-    queue = SqliteQueue(tmp_path / "queue.sqlite", 300.0, {ANALYZE: 3, DELIVER: 10})
+@pytest.fixture(params=["sqlite", "redis"])
+def queue(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Queue]:
+    """Either backend: the watcher reads only the Queue interface."""
+    redis = {"redis_url": request.getfixturevalue("redis_url")} if request.param == "redis" else {}
+    queue = open_queue(Config(data_dir=tmp_path, queue=QueueConfig(backend=request.param, **redis)))
     yield queue
     queue.close()
 
@@ -114,7 +116,7 @@ def dead_letters(queue: Queue, count: int, start: int = 0) -> None:
         queue.bury(job, reason)
 
 
-def test_a_flood_of_dead_letters_gives_one_alert_then_one_summary(queue: SqliteQueue, webhook: Webhook) -> None:
+def test_a_flood_of_dead_letters_gives_one_alert_then_one_summary(queue: Queue, webhook: Webhook) -> None:
     alerter = Alerter(AlertsConfig(webhook_url=webhook.url, repeat_seconds=600), queue, "KNEE_NODE")
     dead_letters(queue, 200)
     alerter.check(now=1000.0)
@@ -139,7 +141,7 @@ def test_a_flood_of_dead_letters_gives_one_alert_then_one_summary(queue: SqliteQ
     assert len(webhook.alerts) == 2
 
 
-def test_e_mail_and_webhook_both_get_the_alert(queue: SqliteQueue, webhook: Webhook) -> None:
+def test_e_mail_and_webhook_both_get_the_alert(queue: Queue, webhook: Webhook) -> None:
     smtp = SmtpSink()
     config = AlertsConfig(webhook_url=webhook.url, email_to=("pacs-admin@example.org", "oncall@example.org"),
                           email_from="knee-node@example.org", smtp_host="127.0.0.1", smtp_port=smtp.port)
@@ -154,7 +156,7 @@ def test_e_mail_and_webhook_both_get_the_alert(queue: SqliteQueue, webhook: Webh
     smtp.server.shutdown()
 
 
-def test_a_backlog_older_than_the_threshold_is_reported_once_per_repeat(queue: SqliteQueue, webhook: Webhook) -> None:
+def test_a_backlog_older_than_the_threshold_is_reported_once_per_repeat(queue: Queue, webhook: Webhook) -> None:
     alerter = Alerter(AlertsConfig(webhook_url=webhook.url, backlog_seconds=0.2, repeat_seconds=60), queue, "N")
     for index in range(4):
         queue.put(f"i{index}", AnalyzeJob(path=f"/spool/{UID}.{index}.dcm", patient="0123456789ab",
@@ -171,7 +173,7 @@ def test_a_backlog_older_than_the_threshold_is_reported_once_per_repeat(queue: S
     assert len(webhook.alerts) == 2
 
 
-def test_a_failing_channel_is_logged_never_raised_and_tried_again(queue: SqliteQueue, webhook: Webhook,
+def test_a_failing_channel_is_logged_never_raised_and_tried_again(queue: Queue, webhook: Webhook,
                                                                   caplog: pytest.LogCaptureFixture) -> None:
     webhook.status = 500
     closed = SmtpSink()
