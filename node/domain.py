@@ -44,11 +44,16 @@ REFUSAL_REASONS = {
 
 @dataclass(frozen=True)
 class Radiograph:
-    """A decoded radiograph: its header (no pixel data) and its display-space image, bright = dense, 0..1."""
+    """A decoded radiograph: its header (no pixel data) and its display-space image, bright = dense, 0..1.
+
+    The image may be the source reduced `step` times along each axis (decoded at the resolution the analysis
+    needs); positions on the radiograph (KneeRoi) are in source pixels all the same.
+    """
 
     header: Dataset
-    image: np.ndarray  # float32 (rows, columns)
-    spacing_mm: tuple[float, float] | None  # (row, column) spacing at the patient, None when unknown
+    image: np.ndarray  # float32 (rows, columns) / step, rounded up
+    spacing_mm: tuple[float, float] | None  # (row, column) spacing of the source's pixels at the patient, or None
+    step: int = 1  # source pixels per image pixel along each axis
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,9 @@
 """The one decode -> analyze -> report sequence, shared by the worker and `knee-node analyze`.
 
-Each radiograph is decoded once, all knees of the batch go through the model together, and each radiograph gets
-its results (SR, SC, SEG).  A radiograph that cannot be decoded or reported costs that radiograph only; a failing
-model pass (out of memory, say) raises, and the caller decides about the whole batch.
+Each radiograph is decoded once, at the resolution the analysis needs (Analyzer.resolution_mm; the SC is rendered
+from the same image), all knees of the batch go through the model together, and each radiograph gets its results
+(SR, SC, SEG).  A radiograph that cannot be decoded or reported costs that radiograph only; a failing model pass
+(out of memory, say) raises, and the caller decides about the whole batch.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ def run_batch(sources: Sequence[Path | BinaryIO], analyzer: Analyzer, equipment:
     decoded: dict[int, Radiograph] = {}
     for index, source in enumerate(sources):
         try:
-            decoded[index] = read_radiograph(source)
+            decoded[index] = read_radiograph(source, analyzer.resolution_mm)
         except DecodeError as error:
             failed[index] = Failed("decode", str(error))
     analyses = dict(zip(decoded, analyzer.analyze(list(decoded.values())), strict=True))

@@ -10,14 +10,15 @@ import numpy as np
 
 from node.analysis.attention import joint_attention
 from node.analysis.implants import metal_over_joint
-from node.analysis.localize import Localizer
+from node.analysis.localize import REFINE_MM, Localizer
 from node.analysis.model import Grader, ModelSpec
 from node.domain import Analysis, KneeResult, KneeRoi, Radiograph, Refusal, RefusedKnee, Reliability
 
 
-def crop(image: np.ndarray, roi: KneeRoi, size: int) -> np.ndarray:
-    """The ROI resampled to size x size by pixel-area averaging; beyond the image border, the edge repeats."""
-    (row, col), (half_rows, half_cols) = roi.center, roi.half_size
+def crop(image: np.ndarray, roi: KneeRoi, size: int, step: int = 1) -> np.ndarray:
+    """The ROI resampled to size x size by pixel-area averaging; beyond the image border, the edge repeats.
+    `step`: source pixels (the ROI's) per image pixel."""
+    (row, col), (half_rows, half_cols) = (tuple(v / step for v in pair) for pair in (roi.center, roi.half_size))
     top, bottom = round(row - half_rows), round(row + half_rows)
     left, right = round(col - half_cols), round(col + half_cols)
     rows, columns = image.shape
@@ -48,10 +49,16 @@ class Analyzer:
     def spec(self) -> ModelSpec:
         return self.grader.spec
 
+    @property
+    def resolution_mm(self) -> float:
+        """The coarsest pixels the analysis can take without losing detail: those of the model's crops (of a knee
+        of the training crops' size), or the localizer's refinement if finer."""
+        return min(self.spec.field_mm / self.spec.input_size, REFINE_MM)
+
     def analyze(self, radiographs: Sequence[Radiograph]) -> list[Analysis]:
         located = [self.localizer.find_knees(radiograph) for radiograph in radiographs]
         found = [(radiograph, roi) for radiograph, (rois, _) in zip(radiographs, located, strict=True) for roi in rois]
-        crops = [crop(radiograph.image, roi, self.spec.input_size) for radiograph, roi in found]
+        crops = [crop(radiograph.image, roi, self.spec.input_size, radiograph.step) for radiograph, roi in found]
         mm_per_pixel = self.spec.field_mm / self.spec.input_size  # of a knee of the training crops' size
         outcomes: list[KneeResult | RefusedKnee | None] = [
             RefusedKnee(roi, Refusal.METAL) if metal_over_joint(image, mm_per_pixel) else None

@@ -76,7 +76,9 @@ class Localizer:
         reason = view_not_graded(radiograph.header)
         if reason:
             return [], reason
-        spacing = radiograph.spacing_mm or self.estimate_spacing(radiograph.image)
+        step = radiograph.step
+        spacing = ((radiograph.spacing_mm[0] * step, radiograph.spacing_mm[1] * step) if radiograph.spacing_mm
+                   else self.estimate_spacing(radiograph.image))  # of the image's pixels
         work = resample(radiograph.image, spacing, WORK_MM)
         candidates = sorted(self.candidates(work, SCALES), key=lambda c: -c.score)
         if not candidates or candidates[0].score < MIN_SCORE:
@@ -91,8 +93,8 @@ class Localizer:
         for knee in sorted(knees, key=lambda c: c.col):
             row, col = self.refine(refined, knee)
             half = knee.size * WORK_MM / 2  # framed as the training crops are, on the knee's own matched size
-            rois.append(KneeRoi(center=(row * REFINE_MM / spacing[0], col * REFINE_MM / spacing[1]),
-                                half_size=(half / spacing[0], half / spacing[1]),
+            rois.append(KneeRoi(center=(row * REFINE_MM / spacing[0] * step, col * REFINE_MM / spacing[1] * step),
+                                half_size=(half / spacing[0] * step, half / spacing[1] * step),
                                 laterality=self.laterality(radiograph, knee, len(knees), work.shape[1])))
         return rois, ""
 

@@ -76,6 +76,7 @@ def render(analysis: Analysis, spec: ModelSpec) -> np.ndarray:
     gray = (cv2.resize(image, size, interpolation=cv2.INTER_AREA) * 255 + 0.5).astype(np.uint8)
     canvas = cv2.cvtColor(gray, cv2.COLOR_GRAY2RGB)
     text_scale = max(size) / 1400  # about 2 % of the image height per line of text
+    scale /= analysis.radiograph.step  # from here on, of the ROIs' source pixels
     layout = Layout(canvas, text_scale)
     draw_legend(canvas, text_scale, layout)
     height = canvas.shape[0]

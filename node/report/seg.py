@@ -42,7 +42,7 @@ def band_colour(lower: float, upper: float) -> hd.color.CIELabColor:
 
 def attention_map(analysis: Analysis) -> np.ndarray:
     """The radiograph's attention, float 0..1 in its pixel grid: each knee's Grad-CAM over its ROI."""
-    height, width = analysis.radiograph.image.shape
+    height, width = int(analysis.radiograph.header.Rows), int(analysis.radiograph.header.Columns)
     attention = np.zeros((height, width), np.float32)
     for knee in analysis.knees:
         paint(attention, knee)

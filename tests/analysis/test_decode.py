@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pydicom
 import pytest
@@ -12,7 +13,14 @@ from pydicom import Dataset, dcmwrite
 from pydicom.data import get_testdata_file
 from pydicom.uid import JPEGBaseline8Bit
 
-from node.analysis.decode import decode, pixel_spacing, read_radiograph
+from node.analysis.decode import (
+    decode,
+    jpeg2000_reduced,
+    pixel_spacing,
+    read_radiograph,
+    reduction,
+    stored_values,
+)
 from node.instances import SUPPORTED_TRANSFER_SYNTAXES, DecodeError
 from node.training.data import CropSet
 from tools.synthetic import LOSSY_SYNTAXES, SYNTAX_BITS, SYNTAXES, Composite, compose, encode
@@ -87,6 +95,49 @@ def test_real_cr_in_monochrome1_and_jpeg2000() -> None:
     lung = uncompressed.image[rows // 3, columns // 4]
     spine = uncompressed.image[rows // 3, columns // 2]
     assert lung < spine
+
+
+@pytest.mark.parametrize("syntax", SYNTAXES, ids=lambda uid: uid.name)
+def test_every_transfer_syntax_decodes_to_the_same_reduced_image(knee: dict[int, Composite], syntax: str) -> None:
+    """Asked for pixels up to 2.5 times the source's, every syntax gives the display image averaged over 2 x 2
+    blocks; JPEG 2000 its wavelet's next resolution level, whose low-pass filter is no plain average and is
+    centred on the even pixels, half a pixel from the block's centre (a mean difference of about 1 %)."""
+    bits = 12 if 12 in SYNTAX_BITS[syntax] else 8
+    radiograph = read_radiograph(as_received(encode(knee[bits].dataset, syntax)), resolution_mm=2.5 * SPACING)
+    display = knee[bits].display
+    assert radiograph.step == 2
+    assert radiograph.image.shape == (-(-display.shape[0] // 2), -(-display.shape[1] // 2))
+    averaged = cv2.resize(display, radiograph.image.shape[::-1], interpolation=cv2.INTER_AREA)
+    error = np.abs(radiograph.image - averaged)
+    assert error.mean() < (0.02 if "2000" in syntax.name else 0.01 if syntax in LOSSY_SYNTAXES else 1e-3)
+    assert radiograph.spacing_mm == pytest.approx((SPACING, SPACING))  # of the source's pixels, as positions are
+
+
+@pytest.mark.parametrize(("spacing", "resolution", "step"), [
+    ((0.15, 0.15), 0.5, 2), ((0.1, 0.1), 0.5, 4), ((0.1, 0.2), 0.5, 2), ((0.3, 0.3), 0.5, 1), ((0.15, 0.15), None, 1),
+    (None, 0.5, 1), ((0.01, 0.01), 10.0, 16),
+])
+def test_reduction_is_the_largest_power_of_two_within_the_resolution(
+        spacing: tuple[float, float] | None, resolution: float | None, step: int) -> None:
+    assert reduction(spacing, resolution) == step
+
+
+def test_real_jpeg2000_decodes_at_a_reduced_resolution_level() -> None:
+    """WG04 RG1 (15-bit CR, 1955 x 1841, 5 decomposition levels): OpenJPEG stops a level early, and the result is
+    the lossless image averaged over 2 x 2 blocks but for the wavelet's filter.  Reduced 4 times, its odd sizes
+    take a level from OpenJPEG (see jpeg2000_reduced) and an average after; with a pixel spacing, decode does so."""
+    j2k = pydicom.dcmread(get_testdata_file("RG1_J2KR.dcm", download=False))
+    stored = pydicom.dcmread(get_testdata_file("RG1_UNCR.dcm", download=False)).pixel_array
+    for step in (2, 4):
+        reduced = stored_values(j2k, step)
+        assert reduced.shape == (-(-stored.shape[0] // step), -(-stored.shape[1] // step))
+        averaged = cv2.resize(stored, reduced.shape[::-1], interpolation=cv2.INTER_AREA)
+        assert np.abs(reduced.astype(np.float32) - averaged).mean() < 0.005 * stored.max()
+    level_1 = jpeg2000_reduced(j2k, 2)
+    assert level_1 is not None and level_1.shape == (978, 921)
+    j2k.PixelSpacing = [0.1, 0.1]
+    radiograph = decode(j2k, resolution_mm=0.4)
+    assert radiograph.step == 4 and radiograph.image.shape == (489, 461)
 
 
 def header_only(**attributes: object) -> Dataset:
