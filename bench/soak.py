@@ -70,6 +70,7 @@ MAX_SENDS = 4  # per instance and direct sender, the first included
 RESEND_SECONDS = 5.0
 SAMPLE_SECONDS = 5.0
 WARMUP_SECONDS = 60.0  # of each node process's life, before RSS and fds are judged
+JUDGED_SECONDS = 120.0  # at least this much life after warm-up to judge (shorter spans: noise, not trend)
 RSS_GROWTH_LIMIT = 0.05
 FD_GROWTH_LIMIT = 5  # descriptors, fitted over a process's life after warm-up
 DRAIN_SECONDS = 300.0
@@ -365,7 +366,8 @@ class Soak:
     def fault_script(self) -> None:
         kinds = ["kill node", "destination down", "data_dir full", "Orthanc restart"]
         kinds += ["kill redis-server"] if self.setup.redis else []
-        gaps = (3.0, 10.0) if self.minutes < 5 else (10.0, 50.0)
+        # Short runs meet every kind; long ones leave a node process minutes between kills to show a memory trend.
+        gaps = (3.0, 10.0) if self.minutes < 5 else (20.0, 90.0)
         for _ in range(int(self.minutes * 60 / gaps[0]) + 1):
             for kind in self.rng.sample(kinds, len(kinds)):
                 gap = self.rng.uniform(*gaps)
@@ -600,8 +602,8 @@ def recovery(fault: Fault, arrivals: list[tuple[float, str]]) -> float | None:
 
 
 def memory_trends(samples: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per node process: RSS and fds at start and end, and their least-squares slope after WARMUP_SECONDS of its
-    life; judged when at least WARMUP_SECONDS of samples follow the warm-up."""
+    """Per node process: RSS first and at most, and the least-squares slopes of RSS and fds after WARMUP_SECONDS of
+    its life; judged when at least JUDGED_SECONDS of samples follow the warm-up."""
     by_pid: dict[int, list[dict[str, Any]]] = defaultdict(list)
     for sample in samples:
         if "pid" in sample:
@@ -613,7 +615,7 @@ def memory_trends(samples: list[dict[str, Any]]) -> list[dict[str, Any]]:
         trend: dict[str, Any] = {"role": rows[0]["role"], "pid": pid, "lived_s": round(rows[-1]["at"] - born),
                                  "rss_mb_first": round(rows[0]["rss_mb"]), "rss_mb_max": round(max(
                                      row["rss_mb"] for row in rows)), "judged": False}
-        if len(settled) >= 3 and settled[-1]["at"] - settled[0]["at"] >= WARMUP_SECONDS:
+        if len(settled) >= 3 and settled[-1]["at"] - settled[0]["at"] >= JUDGED_SECONDS:
             minutes = np.array([row["at"] for row in settled]) / 60
             span = minutes[-1] - minutes[0]
             rss_slope, rss_start = np.polyfit(minutes - minutes[0], [row["rss_mb"] for row in settled], 1)
@@ -658,9 +660,10 @@ def render(report: dict[str, Any]) -> str:
     env, results = report["environment"], report["results"]
     senders = sorted({sender for counts in report["inputs"].values() for sender in counts})
     outcomes = sorted({outcome for counts in report["outcomes"].values() for outcome in counts})
+    short = [f"(lived under {WARMUP_SECONDS + JUDGED_SECONDS:.0f} s)"] * 5
     memory = [[m["role"], m["pid"], m["lived_s"], m["rss_mb_first"], m["rss_mb_max"],
                *([m["rss_mb_per_min"], f"{100 * m['rss_growth']:.1f} %", m["fds_per_min"], m["fd_growth"],
-                  f"{m['fds_range'][0]}-{m['fds_range'][1]}"] if m["judged"] else ["(under warm-up + 60 s)"] * 5)]
+                  f"{m['fds_range'][0]}-{m['fds_range'][1]}"] if m["judged"] else short)]
               for m in report["memory"]]
     parts = [
         f"### Soak: {report['settings']['minutes']:g} min, seed {report['settings']['seed']}, "
