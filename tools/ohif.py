@@ -2,13 +2,13 @@
 Orthanc's DICOMweb, for the demo and the browser test.
 
 One small HTTP server: the viewer's files (any other path is the viewer's index.html, for its client-side routes),
-its configuration (an Orthanc DICOMweb data source; no first-run tour, no investigational-use dialog, SRs loaded
-as tracked measurements without asking), and /dicom-web/ passed through to Orthanc.
+its configuration (config/ohif/app-config.js, which docker-compose's ohif service serves too: an Orthanc DICOMweb
+data source on the same origin, no investigational-use dialog, SRs loaded as tracked measurements without asking),
+and /dicom-web/ passed through to Orthanc.
 """
 
 from __future__ import annotations
 
-import json
 import mimetypes
 import threading
 import urllib.error
@@ -24,24 +24,7 @@ OHIF_DIST = BROWSER_DIR / "ohif"
 PASSED_THROUGH = ("/dicom-web/",)
 FORWARDED_HEADERS = ("Accept", "Content-Type")
 
-DATA_SOURCE = {
-    "namespace": "@ohif/extension-default.dataSourcesModule.dicomweb",
-    "sourceName": "orthanc",
-    "configuration": {
-        "friendlyName": "Orthanc", "name": "orthanc",
-        "qidoRoot": "/dicom-web", "wadoRoot": "/dicom-web", "wadoUriRoot": "/dicom-web",
-        "qidoSupportsIncludeField": False, "imageRendering": "wadors", "thumbnailRendering": "wadors",
-        "enableStudyLazyLoad": True, "supportsFuzzyMatching": False, "supportsWildcard": True,
-        "singlepart": "bulkdata,video", "bulkDataURI": {"enabled": True, "relativeResolution": "studies"},
-        "omitQuotationForMultipartRequest": True,
-    },
-}
-APP_CONFIG = {
-    "routerBasename": "/", "extensions": [], "modes": [], "showStudyList": True, "maxNumberOfWebWorkers": 2,
-    "showWarningMessageForCrossOrigin": False, "showCPUFallbackMessage": False, "showLoadingIndicator": True,
-    "disableConfirmationPrompts": True, "investigationalUseDialog": {"option": "never"},
-    "defaultDataSourceName": "orthanc", "dataSources": [DATA_SOURCE],
-}
+APP_CONFIG = REPO / "config" / "ohif" / "app-config.js"  # the one configuration of every OHIF (compose too)
 # The viewer's first-run tour, marked as shown before the viewer starts (OHIF keeps the list in localStorage).
 SHOWN_TOURS = ["basicViewerTour"]
 
@@ -85,8 +68,7 @@ class OhifHandler(BaseHTTPRequestHandler):
         if path.startswith(PASSED_THROUGH):
             self.pass_through()
         elif path == "/app-config.js":
-            self.reply(HTTPStatus.OK, "application/javascript",
-                       f"window.config = {json.dumps(APP_CONFIG)};\n".encode())
+            self.reply(HTTPStatus.OK, "application/javascript", APP_CONFIG.read_bytes())
         else:
             file = (self.dist / path.lstrip("/")).resolve()
             if not file.is_file() or not file.is_relative_to(self.dist):
