@@ -144,6 +144,7 @@ def stage_split(analyzer: Analyzer, copies: list[tuple[Path, str]], results: Res
                 batches.extend(crops)
                 knees.append(len(analysis.knees))
     finally:
+        dispatcher.close()  # the association it keeps open between radiographs
         queue.close()
     stages = {stage: summary(samples[stage]) for stage in STAGES}
     total = sum(stage["wall_ms"] for stage in stages.values())

@@ -27,6 +27,7 @@ DEFAULT_CONFIG = resources.files("node").joinpath("node.yaml")  # every field wi
 # The bundled model ships beside the package (models/, as in a checkout and the container image).
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "models" / "kl-densenet121"
 AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # 16 printable characters, no backslash
+SECRET_REFERENCE = re.compile(r"^\$\{(\w+)\}$")  # a credential written ${NAME}: read from the environment
 
 
 class ConfigError(ValueError):
@@ -64,23 +65,54 @@ RESULT_OBJECTS: tuple[ResultObject, ...] = ("sr", "sc", "seg")
 
 @dataclass(frozen=True)
 class Destination:
-    """A C-STORE SCP that receives the results: of each radiograph the objects in `objects`."""
+    """Where results go: of each radiograph the objects in `objects`.
 
-    ae_title: str
-    host: str
-    port: int
-    tls: bool = False  # DICOM TLS with the node's `tls` settings
+    kind dimse: a C-STORE SCP, ae_title@host:port.  kind dicomweb: a STOW-RS service at `url` (its DICOMweb base,
+    e.g. https://pacs/dicom-web), with HTTP basic (username, password) or bearer (token) authentication; https
+    checks the server's certificate against the node's tls.ca_certificates (else the system's CAs).  `name` tells
+    destinations apart (outbox folder, queue, logs, audit): the AE title unless set; required for dicomweb.
+    """
+
+    ae_title: str = ""
+    host: str = ""
+    port: int = 0
+    tls: bool = False  # dimse: DICOM TLS with the node's `tls` settings (dicomweb: an https url)
     objects: tuple[ResultObject, ...] = RESULT_OBJECTS  # sr: the report, sc: the overlay image, seg: the Grad-CAM
+    kind: Literal["dimse", "dicomweb"] = "dimse"
+    name: str = ""
+    url: str = ""
+    username: str = ""
+    password: str = field(default="", repr=False)  # secrets: kept out of repr, logs and reasons
+    token: str = field(default="", repr=False)
 
     def __post_init__(self) -> None:
-        check_ae_title(self.ae_title)
-        check(self.host != "", "host: must not be empty")
-        check_port(self.port)
+        if self.kind == "dimse":
+            check(self.ae_title != "", "ae_title: required (kind dimse)")
+            check_ae_title(self.ae_title)
+            check(self.host != "", "host: required (kind dimse)")
+            check(self.port != 0, "port: required (kind dimse)")
+            check_port(self.port)
+            for name in ("url", "username", "password", "token"):
+                check(not getattr(self, name), f"{name}: only for kind dicomweb")
+        else:
+            check(self.name != "", "name: required (kind dicomweb)")
+            check(self.url != "", "url: required (kind dicomweb)")
+            url = urlsplit(self.url)
+            check(url.scheme in ("http", "https") and bool(url.hostname) and not url.query and not url.fragment,
+                  f"url: {self.url!r} is not an http:// or https:// base URL")
+            check(url.username is None, "url: credentials go in username and password (the url is logged)")
+            for name in ("ae_title", "host", "port", "tls"):
+                check(not getattr(self, name), f"{name}: not for kind dicomweb (the url says where, https: TLS)")
+            check(not (self.token and self.username), "token: either a token or a username and password")
+            check(bool(self.username) == bool(self.password), "password: username and password go together")
+        object.__setattr__(self, "name", self.name or self.ae_title)
+        check(bool(AE_TITLE.match(self.name)) and self.name.strip() != "",
+              f"name: {self.name!r} is not a name (1-16 characters, no backslash, as an AE title)")
         check(len(self.objects) > 0, "objects: at least one of sr, sc, seg")
         check(len(set(self.objects)) == len(self.objects), "objects: each of sr, sc, seg at most once")
 
     def __str__(self) -> str:
-        return f"{self.ae_title}@{self.host}:{self.port}"
+        return f"{self.ae_title}@{self.host}:{self.port}" if self.kind == "dimse" else f"{self.name} ({self.url})"
 
 
 @dataclass(frozen=True)
@@ -159,7 +191,7 @@ class DispatchConfig:
     max_attempts: int = 10
     backoff_seconds: float = 2.0  # first retry delay; doubles each attempt, with jitter
     max_backoff_seconds: float = 300.0
-    timeout_seconds: float = 30.0  # network timeout per association
+    timeout_seconds: float = 30.0  # network timeout: each wait of an association or an HTTP request
 
     def __post_init__(self) -> None:
         check(self.max_attempts >= 1, "max_attempts: must be at least 1")
@@ -230,6 +262,11 @@ class Config:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     alerts: AlertsConfig = field(default_factory=AlertsConfig)
 
+    def __post_init__(self) -> None:
+        names = [destination.name for destination in self.destinations]
+        twice = next((name for name in names if names.count(name) > 1), None)
+        check(twice is None, f"destinations: two are named {twice!r} (set `name` to tell them apart)")
+
     @property
     def spool(self) -> Path:
         """Received images until analysed: shared storage when receivers and workers run on several hosts."""
@@ -251,7 +288,7 @@ def load_config(path: Path | None, environ: typing.Mapping[str, str] = os.enviro
             apply_override(raw, name, value)
     base = path.parent if path is not None else Path.cwd()
     config = build(Config, raw, "")
-    return resolve_paths(config, base)
+    return resolve_paths(read_secrets(config, environ), base)
 
 
 def apply_override(raw: dict[str, Any], name: str, value: str) -> None:
@@ -323,6 +360,26 @@ def convert(kind: Any, value: Any, path: str) -> Any:
         return str(value)  # an AE title or host that YAML read as a number
     expected = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
     raise ConfigError(f"config: {path}: expected {expected.get(kind, kind)}, got {value!r}")
+
+
+def read_secrets(config: Config, environ: typing.Mapping[str, str]) -> Config:
+    """Destination credentials written `${NAME}` replaced by the environment variable NAME (the file need not
+    hold them)."""
+    destinations = []
+    for index, destination in enumerate(config.destinations):
+        values = {}
+        for name in ("username", "password", "token"):
+            reference = SECRET_REFERENCE.match(getattr(destination, name))
+            if reference is not None:
+                if reference[1] not in environ:
+                    raise ConfigError(f"config: destinations[{index}].{name}: environment variable {reference[1]} "
+                                      "is not set")
+                values[name] = environ[reference[1]]
+        try:
+            destinations.append(replace(destination, **values))
+        except ValueError as error:
+            raise ConfigError(f"config: destinations[{index}].{error}") from None
+    return replace(config, destinations=tuple(destinations))
 
 
 def resolve_paths(config: Config, base: Path) -> Config:

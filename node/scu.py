@@ -1,20 +1,30 @@
-"""The node as a DICOM client for people: C-ECHO and C-STORE to any peer (`knee-node echo`, `knee-node send`)."""
+"""The node as a DICOM client: C-ECHO and C-STORE to any peer for people (`knee-node echo`, `knee-node send`), and
+the dispatcher's C-STORE sender, which keeps one association per destination open while results flow."""
 
 from __future__ import annotations
 
+import contextlib
 import re
+import socket
 import ssl
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from pydicom import Dataset
-from pynetdicom import AE
+from pydicom import Dataset, dcmread
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import AE, _config
 from pynetdicom.association import Association
-from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+    ComprehensiveSRStorage,
+    SecondaryCaptureImageStorage,
+    SegmentationStorage,
+    Verification,
+)
 
 from node.config import Destination
+from node.delivery import Outcome, describe
 from node.instances import DecodeError, read_header
 
 SUCCESS = 0x0000
@@ -115,6 +125,69 @@ def store(association: Association, path: Path) -> Sent:
     try:
         response = send_c_store(association, path)
     except Exception as error:  # a file pynetdicom cannot read or send costs that file, not the others
-        return Sent(path, None, " ".join(f"{type(error).__name__}: {error}".split()))
+        return Sent(path, None, describe(error))
     status = int(response.Status) if response else None
     return Sent(path, status, "" if status is not None else "no response")
+
+
+class CStoreSender:
+    """Result files to a C-STORE SCP on one association kept open across batches: opened by the first send,
+    re-opened by the next send once the peer or the network dropped it (the file in flight then counts as not
+    delivered), released by close().  Consecutive files (all objects of a radiograph) go on the same association
+    unless it fails between them.  Delivered: a Success or Warning status."""
+
+    def __init__(self, destination: Destination, calling_ae: str, timeout: float,
+                 tls: ssl.SSLContext | None) -> None:
+        self.destination = destination
+        self.tls = (tls, destination.host) if tls is not None else None
+        self.ae = client_ae(calling_ae, timeout)
+        for sop_class in (SecondaryCaptureImageStorage, ComprehensiveSRStorage, SegmentationStorage):
+            for syntax in (ExplicitVRLittleEndian, ImplicitVRLittleEndian):  # one each: a file streams only as is
+                self.ae.add_requested_context(sop_class, syntax)
+        # Result files go out as written: pynetdicom streams the dataset from the file rather than decoding and
+        # re-encoding it, which cost more than the rest of a delivery (BENCHMARKS.md).  A process-wide setting.
+        _config.STORE_SEND_CHUNKED_DATASET = True
+        self.association: Association | None = None
+
+    def send(self, paths: Sequence[Path]) -> Iterator[Outcome]:
+        for index, path in enumerate(paths):
+            association = self.open()
+            if association is None:  # the rest would only wait for the same refusal
+                yield from (Outcome(False, f"cannot associate with {self.destination}") for _ in paths[index:])
+                return
+            yield self.store(association, path)
+
+    def open(self) -> Association | None:
+        """The association held, or a new one when there is none or it is no longer established."""
+        if self.association is None or not self.association.is_established:
+            self.close()
+            association = self.ae.associate(self.destination.host, self.destination.port,
+                                            ae_title=self.destination.ae_title, tls_args=self.tls)
+            self.association = association if association.is_established else None
+            if self.association is not None:
+                # pynetdicom writes a C-STORE as several small PDUs: with Nagle's algorithm each one after the first
+                # waited for the peer's delayed ACK (40 ms on Linux), most of a result's send time.  A socket gone
+                # already fails the send that follows.
+                with contextlib.suppress(OSError, AttributeError):
+                    self.association.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return self.association
+
+    def store(self, association: Association, path: Path) -> Outcome:
+        try:
+            try:
+                response = send_c_store(association, path)  # streamed from the file as written
+            except ValueError:  # the destination accepted only implicit VR: decoded and re-encoded on the way
+                response = send_c_store(association, dcmread(path))
+        except Exception as error:  # the association went (or the file is unreadable): this file, not the others
+            if not association.is_established:
+                return Outcome(False, f"association with {self.destination} lost")
+            return Outcome(False, describe(error))
+        status = int(response.Status) if response else None
+        if status is None:
+            return Outcome(False, "no response")
+        return Outcome(delivered(status), f"0x{status:04X}" if delivered(status) else f"status 0x{status:04X}")
+
+    def close(self) -> None:
+        if self.association is not None and self.association.is_established:
+            self.association.release()
+        self.association = None

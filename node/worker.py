@@ -106,8 +106,8 @@ class Worker:
             takers = [destinations[index] for index in self.outbox.takes(dataset)] if destinations else []
             paths = self.outbox.write(dataset)
             written += paths
-            deliveries += [(f"{dataset.SOPInstanceUID}@{destination.ae_title}",
-                            DeliverJob(path=str(path), destination=destination.ae_title,
+            deliveries += [(f"{dataset.SOPInstanceUID}@{destination.name}",
+                            DeliverJob(path=str(path), destination=destination.name,
                                        sop_instance_uid=dataset.SOPInstanceUID, source=job.key, result_at=time.time()))
                            for destination, path in zip(takers, paths[:len(takers)], strict=True)]
         self.queue.complete(job, then=deliveries)

@@ -1,7 +1,10 @@
-"""The dispatcher sends a result file as written, and converts it for a destination that takes only implicit VR."""
+"""The dispatcher sends a result file as written, and converts it for a destination that takes only implicit VR;
+it keeps one association per destination across batches, re-opens it when the peer drops it, lets it go when idle
+or stopping; nothing is lost or delivered twice on the way."""
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -13,23 +16,25 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate
 from pynetdicom import AE, _config, evt
 from pynetdicom.sop_class import SecondaryCaptureImageStorage  # type: ignore[attr-defined]
 
-from node.config import Config, Destination
+from node import dispatch
+from node.config import Config, Destination, DispatchConfig
 from node.dispatch import Dispatcher
 from node.infra.audit import AuditLog
 from node.infra.metrics import Metrics
 from node.infra.storage import write_durably
-from node.queue import DELIVER, DeliverJob, open_queue
+from node.queue import DELIVER, DeliverJob, Queue, open_queue
 from node.report.outbox import encode
+from tests.helpers import StoreScp, wait_until
 from tools.orthanc import free_port
 
 
-def result_file(folder: Path) -> Path:
+def result_file(folder: Path, name: str = "sc.dcm") -> Path:
     dataset = Dataset()
     dataset.SOPClassUID, dataset.SOPInstanceUID = SecondaryCaptureImageStorage, generate_uid()
     dataset.PatientName, dataset.Modality, dataset.ImageComments = "DOE^JANE", "OT", "written explicit"
     dataset.file_meta = FileMetaDataset()
     dataset.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    path = folder / "sc.dcm"
+    path = folder / name
     write_durably(path, encode(dataset))
     return path
 
@@ -55,7 +60,9 @@ def test_a_result_reaches_the_destination_in_a_syntax_it_accepts(tmp_path: Path,
         written: Any = dcmread(path)
         queue.put("sc@DEST", DeliverJob(path=str(path), destination="DEST", sop_instance_uid=written.SOPInstanceUID,
                                         source="x", result_at=time.time()))
-        Dispatcher(config, queue, Metrics(), AuditLog(tmp_path)).deliver("DEST", queue.claim(DELIVER, 1))
+        dispatcher = Dispatcher(config, queue, Metrics(), AuditLog(tmp_path))
+        dispatcher.deliver("DEST", queue.claim(DELIVER, 1))
+        dispatcher.close()
         assert queue.counts() == {}  # delivered, not retried
     finally:
         queue.close()
@@ -63,3 +70,77 @@ def test_a_result_reaches_the_destination_in_a_syntax_it_accepts(tmp_path: Path,
     ((syntax, got),) = received
     assert syntax == accepted[0]  # explicit (the file's own: streamed) where accepted, else converted to implicit
     assert got.ImageComments == "written explicit" and got.SOPInstanceUID == written.SOPInstanceUID
+
+
+class RecordingScp(StoreScp):
+    """A destination that notes the association each instance came on, and can go down and come back."""
+
+    def __init__(self, folder: Path) -> None:
+        super().__init__(folder)
+        self.associations: list[object] = []  # kept alive, so that their ids stay distinct
+
+    def on_store(self, event: evt.Event) -> int:
+        self.associations.append(event.assoc)
+        return super().on_store(event)
+
+    def distinct_associations(self) -> int:
+        return len({id(association) for association in self.associations})
+
+    def open_associations(self) -> int:
+        return len(self.server.active_associations)
+
+    def restart(self) -> None:
+        """A restart: the associations it held are aborted, then it listens again on the same port."""
+        for association in self.server.active_associations:
+            association.abort()
+        self.stop()
+        self.start()
+
+
+def queue_radiograph(queue: Queue, folder: Path, number: int) -> list[str]:
+    """Three result files of one radiograph queued for DEST; their SOP Instance UIDs."""
+    uids = []
+    for kind in ("sr", "sc", "seg"):
+        path = result_file(folder, f"{kind}-{number}.dcm")
+        uids.append(str(dcmread(path).SOPInstanceUID))
+        queue.put(f"{uids[-1]}@DEST", DeliverJob(path=str(path), destination="DEST", sop_instance_uid=uids[-1],
+                                                 source=str(number), result_at=time.time()))
+    return uids
+
+
+def test_batches_share_one_association_reopened_after_a_peer_restart_released_when_idle(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(dispatch, "IDLE_SECONDS", 1.0)
+    peer = RecordingScp(tmp_path / "pacs").start()
+    config = Config(data_dir=tmp_path, destinations=(Destination("DEST", "127.0.0.1", peer.port),),
+                    dispatch=DispatchConfig(backoff_seconds=0.2, max_backoff_seconds=0.5))
+    queue = open_queue(config)
+    stop = threading.Event()
+    dispatcher = threading.Thread(target=Dispatcher(config, queue, Metrics(), AuditLog(tmp_path)).run, args=(stop,))
+    dispatcher.start()
+    sent: list[str] = []
+
+    def deliver(radiographs: range) -> None:
+        for number in radiographs:  # one batch each: the next is queued once the last has arrived
+            sent.extend(queue_radiograph(queue, tmp_path, number))
+            wait_until(lambda: len(peer.received) >= len(sent), timeout=30)
+
+    try:
+        deliver(range(3))
+        assert peer.distinct_associations() == 1  # three batches, one association
+        peer.restart()
+        deliver(range(3, 5))
+        assert peer.distinct_associations() == 2  # re-opened once after the restart
+        wait_until(lambda: peer.open_associations() == 0, timeout=10)  # idle: released
+        deliver(range(5, 6))
+        assert peer.distinct_associations() == 3 and peer.open_associations() == 1
+        stop.set()
+        dispatcher.join(30)
+        wait_until(lambda: peer.open_associations() == 0, timeout=5)  # released when the dispatcher stopped
+        assert sorted(uid for _, uid in peer.received) == sorted(sent)  # each result once, none lost
+        assert queue.counts() == {}  # nothing left to retry, nothing dead
+    finally:
+        stop.set()
+        dispatcher.join(30)
+        queue.close()
+        peer.stop()

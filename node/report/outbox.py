@@ -34,8 +34,8 @@ def encode(dataset: Dataset) -> bytes:
 
 
 def destination_folder(data_dir: Path, destination: Destination) -> Path:
-    """One folder per destination; the AE title is sanitised since it becomes a file name."""
-    safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in destination.ae_title)
+    """One folder per destination; its name is sanitised since it becomes a file name."""
+    safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in destination.name)
     return data_dir / "outbox" / safe
 
 
