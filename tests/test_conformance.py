@@ -15,13 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import pydicom
+import pynetdicom
 import pytest
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
-from node import dispatch, receive, scu
+from node import __version__, dispatch, receive, scu
 from node.config import Config, Destination, DispatchConfig, ScpConfig, TlsConfig, load_config
 from node.dispatch import Dispatcher
 from node.infra.audit import AuditLog
@@ -89,7 +90,9 @@ def test_the_storage_scp_accepts_exactly_the_stated_contexts(config: Config, que
     (storage_syntaxes,) = {frozenset(syntaxes) for syntaxes in contexts.values()}  # the same for every class
     assert column(table("Transfer syntax accepted for storage"), 1) == storage_syntaxes
     assert column(table("SOP class graded"), 1) == set(RADIOGRAPH_CLASSES)
-    assert f"{len(contexts)} classes" in STATEMENT.read_text()  # the overview's count
+    text = STATEMENT.read_text()
+    assert f"{len(contexts)} classes" in text  # the overview's count
+    assert f"package version {__version__}, pynetdicom {pynetdicom.__version__}" in text
     identity = values("Implementation identifying information")
     assert identity["Implementation Class UID"] == receiver.ae.implementation_class_uid
     assert identity["Implementation Version Name"] == receiver.ae.implementation_version_name
