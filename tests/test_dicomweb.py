@@ -1,11 +1,17 @@
 """Destinations of kind dicomweb: checked when the config is read; results go to the Debian Orthanc's DICOMweb
-plugin by STOW-RS (HTTP basic authentication), wait out an outage, and dead-letter at once on a 401."""
+plugin by STOW-RS (HTTP basic authentication), wait out an outage, and dead-letter at once on a 401; over https
+the server is trusted only through the CA bundle."""
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import logging
+import select
+import socket
+import ssl
+import subprocess
 import threading
 import time
 import urllib.request
@@ -201,3 +207,76 @@ def test_wrong_credentials_dead_letter_at_once_with_the_reason(
     assert {(letter.error, letter.job.attempts) for letter in dead} == {("HTTP 401 Unauthorized", 1)}  # not retried
     assert orthanc.instances() == before
     assert wrong not in logged(caplog.records) + json.dumps([letter.error for letter in dead])
+
+
+class TlsTerminator:
+    """https in front of a plain HTTP server, as a site puts a reverse proxy before Orthanc (whose Debian build
+    crashes serving https itself): each connection's TLS ends here and its bytes go on to `target_port`."""
+
+    def __init__(self, target_port: int, certificate: Path, key: Path) -> None:
+        self.target_port = target_port
+        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.context.load_cert_chain(certificate, key)
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        threading.Thread(target=self.accept, daemon=True).start()
+
+    def accept(self) -> None:
+        with contextlib.suppress(OSError):  # the listener closed
+            while True:
+                connection, _ = self.listener.accept()
+                threading.Thread(target=self.relay, args=(connection,), daemon=True).start()
+
+    def relay(self, connection: socket.socket) -> None:
+        with (contextlib.suppress(OSError), connection,
+              self.context.wrap_socket(connection, server_side=True) as tls,
+              socket.create_connection(("127.0.0.1", self.target_port)) as upstream):
+            while readable := select.select([tls, upstream], [], [], 30)[0]:
+                for source in readable:
+                    data = source.recv(65536)
+                    while source is tls and tls.pending():  # decrypted bytes select cannot see
+                        data += tls.recv(tls.pending())
+                    if not data:
+                        return
+                    (upstream if source is tls else tls).sendall(data)
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def test_https_trusts_the_server_only_through_the_ca_bundle(orthanc: GuardedOrthanc, tmp_path: Path) -> None:
+    openssl, pki = require_tool("openssl"), tmp_path / "pki"
+    pki.mkdir()
+    (pki / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
+    new_key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    for command in (["req", "-x509", *new_key, "-keyout", "ca.key", "-out", "ca.crt", "-days", "2", "-subj", "/CN=ca"],
+                    ["req", "-new", *new_key, "-keyout", "pacs.key", "-out", "pacs.csr", "-subj", "/CN=pacs"],
+                    ["x509", "-req", "-in", "pacs.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+                     "-out", "pacs.crt", "-days", "2", "-extfile", "san.ext"]):
+        subprocess.run([openssl, *command], cwd=pki, check=True, capture_output=True)
+    https = TlsTerminator(orthanc.http_port, pki / "pacs.crt", pki / "pacs.key")
+    outcomes = {}
+    try:
+        for trust in ("ca_certificates", "system"):
+            folder = tmp_path / trust
+            folder.mkdir()
+            text = (f"destinations:\n  - {{kind: dicomweb, name: ORTHANC, url: 'https://127.0.0.1:{https.port}/"
+                    f"dicom-web', username: {USER}, password: {PASSWORD}}}\ndispatch: {{max_attempts: 1}}\n")
+            if trust == "ca_certificates":
+                text += f"tls: {{ca_certificates: {pki / 'ca.crt'}}}\n"
+            config = load_config(write(folder, text), {})
+            queue = open_queue(config)
+            try:
+                uids = queue_results(queue, radiograph_results(folder))
+                Dispatcher(config, queue, Metrics(), AuditLog(folder)).deliver("ORTHANC", queue.claim(DELIVER, 10))
+                outcomes[trust] = (uids, [letter.error for letter in queue.dead()])
+            finally:
+                queue.close()
+    finally:
+        https.close()
+    stored = orthanc.instances()
+    uids, dead = outcomes["ca_certificates"]
+    assert dead == [] and set(uids) <= stored
+    uids, dead = outcomes["system"]  # the test CA is not among the system's
+    assert not set(uids) & stored
+    assert len(dead) == 3 and all("CERTIFICATE_VERIFY_FAILED" in error for error in dead)
