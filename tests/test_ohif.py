@@ -104,10 +104,11 @@ def test_the_seg_overlay_lists_its_bands_and_switches_on_and_off(viewed: dict[st
     assert seg["on"]["imageId"] == seg["off"]["imageId"]
     changed = np.abs(on.astype(int) - off.astype(int)).max(axis=2) > 40
     assert changed.mean() > 0.005
-    # On the knees: inside their boxes (the SR's measurements, on the same canvas) and nowhere else.
+    # On the knees: inside their boxes (the SR's measurements, on the same canvas; give or take the segments'
+    # outline, 3 px wide) and nowhere else.
     on_knees = np.zeros(changed.shape, bool)
     for box in seg["boxes"]:
         (left, top), (right, bottom) = np.min(box, axis=0).astype(int), np.ceil(np.max(box, axis=0)).astype(int)
         assert changed[top:bottom + 1, left:right + 1].mean() > 0.3
-        on_knees[top:bottom + 1, left:right + 1] = True
+        on_knees[max(top - 3, 0):bottom + 4, max(left - 3, 0):right + 4] = True
     assert not changed[~on_knees].any()
