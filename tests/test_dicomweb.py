@@ -1,11 +1,14 @@
 """Destinations of kind dicomweb: checked when the config is read; results go to the Debian Orthanc's DICOMweb
 plugin by STOW-RS (HTTP basic authentication), wait out an outage, and dead-letter at once on a 401; over https
-the server is trusted only through the CA bundle."""
+the server is trusted only through the CA bundle; and each answer node/dicomweb.py lists (a failed or missing
+instance, 202, 5xx, 429, 409, 403) is judged per instance against a scripted HTTP peer (bearer token)."""
 
 from __future__ import annotations
 
 import base64
 import contextlib
+import http
+import http.server
 import json
 import logging
 import select
@@ -17,7 +20,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from pydicom import Dataset
@@ -280,3 +283,69 @@ def test_https_trusts_the_server_only_through_the_ca_bundle(orthanc: GuardedOrth
     uids, dead = outcomes["system"]  # the test CA is not among the system's
     assert not set(uids) & stored
     assert len(dead) == 3 and all("CERTIFICATE_VERIFY_FAILED" in error for error in dead)
+
+
+class ScriptedStow(http.server.BaseHTTPRequestHandler):
+    """A STOW-RS service that answers every POST with `status` and `body` (its class attributes), and notes the
+    Authorization header and the instances it was sent."""
+
+    status: ClassVar[int] = 200
+    body: ClassVar[bytes] = b""
+    seen: ClassVar[list[tuple[str, str, int]]] = []
+
+    def do_POST(self) -> None:
+        payload = self.rfile.read(int(self.headers["Content-Length"]))
+        boundary = self.headers.get_param("boundary").encode()
+        parts = [part for part in payload.split(b"--" + boundary) if part.strip(b"-\r\n")]
+        self.seen.append((self.headers["Authorization"], self.headers.get_param("type"), len(parts)))
+        self.send_response(self.status)
+        self.send_header("Content-Type", "application/dicom+json")
+        self.send_header("Content-Length", str(len(self.body)))
+        self.end_headers()
+        self.wfile.write(self.body)
+
+    def log_message(self, *args: Any) -> None:
+        """Quiet."""
+
+
+def stow_response(referenced: list[str], failed: list[str]) -> bytes:
+    def items(uids: list[str], **extra: Any) -> dict[str, Any]:
+        return {"vr": "SQ", "Value": [{"00081155": {"vr": "UI", "Value": [uid]}, **extra} for uid in uids]}
+
+    return json.dumps({"00081199": items(referenced),
+                       "00081198": items(failed, **{"00081197": {"vr": "US", "Value": [0xA700]}})}).encode()
+
+
+@pytest.mark.parametrize(("status", "answer", "expected"), [
+    (200, "all", {"delivered": 3}),
+    (200, "one failed", {"delivered": 2, "queued": 1}),  # Failure Reason 0xA700: retried
+    (200, "one missing", {"delivered": 2, "queued": 1}),
+    (202, "all", {"queued": 3}),  # accepted, not confirmed as stored
+    (503, "", {"queued": 3}),
+    (429, "", {"queued": 3}),
+    (409, "", {"dead": 3}),
+    (403, "", {"dead": 3}),
+])
+def test_each_answer_is_judged_per_instance(tmp_path: Path, status: int, answer: str,
+                                            expected: dict[str, int]) -> None:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), ScriptedStow)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    text = (f"destinations:\n  - {{kind: dicomweb, name: ORTHANC, url: 'http://127.0.0.1:{server.server_port}/wado',"
+            " token: secret-token}\n")
+    config = load_config(write(tmp_path, text), {})
+    queue = open_queue(config)
+    try:
+        paths = radiograph_results(tmp_path)
+        uids = queue_results(queue, paths)
+        referenced = {"all": uids, "one failed": uids[1:], "one missing": uids[1:]}.get(answer, [])
+        ScriptedStow.status, ScriptedStow.seen = status, []
+        ScriptedStow.body = stow_response(referenced, uids[:1] if answer == "one failed" else []) if answer else b""
+        Dispatcher(config, queue, Metrics(), AuditLog(tmp_path)).deliver("ORTHANC", queue.claim(DELIVER, 10))
+        counts = {"delivered": sum(not path.exists() for path in paths), **queue.counts().get(DELIVER, {})}
+        dead = queue.dead()
+    finally:
+        queue.close()
+        server.shutdown()
+    assert {state: count for state, count in counts.items() if count} == expected
+    assert ScriptedStow.seen == [("Bearer secret-token", "application/dicom", 3)]  # one request, three parts
+    assert {letter.error for letter in dead} <= {f"HTTP {status} {http.HTTPStatus(status).phrase}"}
