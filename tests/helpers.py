@@ -141,7 +141,10 @@ class StoreScp:
         return self
 
     def stop(self) -> None:
+        """As a PACS going down: the associations it holds end too (pynetdicom's shutdown leaves them open)."""
         if self.server is not None:
+            for association in self.server.active_associations:
+                association.abort()
             self.server.shutdown()
             self.server = None
 

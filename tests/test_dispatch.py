@@ -90,9 +90,7 @@ class RecordingScp(StoreScp):
         return len(self.server.active_associations)
 
     def restart(self) -> None:
-        """A restart: the associations it held are aborted, then it listens again on the same port."""
-        for association in self.server.active_associations:
-            association.abort()
+        """Down (the associations it held end) and up again on the same port."""
         self.stop()
         self.start()
 
