@@ -3,19 +3,21 @@
 The request: `POST {url}/studies`, Content-Type `multipart/related; type="application/dicom"`, one part per
 result file exactly as written (Part 10, nothing re-encoded), several files per request (up to MAX_REQUEST_BYTES
 in all), Accept `application/dicom+json`.  Authorization: Basic with username and password, or Bearer with token,
-or none; the credentials go into that header only, never into logs, dead-letter reasons or repr.  https checks the
-server's certificate against the node's tls.ca_certificates (else the system's CAs); every connect, send and read
-waits at most dispatch.timeout_seconds.  A new connection per request: a request carries a whole batch, so a
-handshake per batch costs little.
+or none; the credentials go into that header only, never into logs, dead-letter reasons or repr.  https (TLS 1.2
+or later) checks the server's certificate and host name against the node's tls.ca_certificates (else the system's
+CAs); every connect, send and read waits at most dispatch.timeout_seconds.  A new connection per request: a
+request carries a whole batch, so a handshake per batch costs little.
 
 Each file's outcome, from the response:
 - delivered: HTTP 200 and the file's SOP Instance UID in the Referenced SOP Sequence (0008,1199), not in the
   Failed SOP Sequence (0008,1198);
 - not delivered, retried like a C-STORE failure (backoff, then dead-letter when the attempts run out): no answer
-  (connection refused or lost, timeout), HTTP 5xx, 408 or 429, HTTP 202 (not confirmed as stored), a Failed SOP
-  Sequence item (reason: its Failure Reason), or a 200 that does not reference the instance;
+  (connection refused or lost, timeout, TLS handshake or certificate refused), HTTP 5xx, 408 or 429, HTTP 202
+  (not confirmed as stored), a Failed SOP Sequence item (reason: its Failure Reason), or a 200 that does not
+  reference the instance;
 - dead-lettered at once: any other status (400, 401, 403, 404, 409, 413, 415, a redirect, ...), since the same
-  request would get the same answer; the reason is the status line, e.g. "HTTP 401 Unauthorized".
+  request would get the same answer; the reason is the status line, e.g. "HTTP 401 Unauthorized"; likewise a
+  result file that is not readable DICOM.
 Output UIDs are deterministic, so a file sent again is the same instance, never a second one.
 """
 
