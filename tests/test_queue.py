@@ -184,14 +184,15 @@ def test_release_gives_jobs_back_without_counting_the_attempt(open_: OpenQueue) 
 
 
 def test_an_expired_lease_goes_to_the_next_consumer_then_to_dead_letter(open_: OpenQueue) -> None:
-    first, second = open_(lease_seconds=0.5, max_attempts=2), open_(lease_seconds=0.5, max_attempts=2)
+    # Leases long enough that a loaded machine's pause between two claims does not outlast one.
+    first, second = open_(lease_seconds=1.5, max_attempts=2), open_(lease_seconds=1.5, max_attempts=2)
     first.put("1.2.3", analyze_job())
     assert [job.attempts for job in first.claim(ANALYZE, 1)] == [1]
     assert second.claim(ANALYZE, 1) == []  # leased, and the lease runs
-    time.sleep(0.6)
+    time.sleep(1.6)
     (job,) = second.claim(ANALYZE, 1)
     assert (job.key, job.attempts) == ("1.2.3", 2)
-    time.sleep(0.6)
+    time.sleep(1.6)
     assert first.claim(ANALYZE, 1) == []  # attempts used up: dead, not leased a third time
     (letter,) = first.dead()
     assert letter.job.key == "1.2.3" and "attempts exhausted" in letter.error
