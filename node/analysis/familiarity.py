@@ -38,7 +38,8 @@ class Familiarity:
     def distance(self, features: np.ndarray) -> np.ndarray:
         """(N,) smallest Mahalanobis distance of each crop's features to a grade's mean."""
         differences = features[:, None, :] - self.means[None]
-        squared = np.einsum("ngk,kl,ngl->ng", differences, self.precision, differences)
+        # A matrix product (BLAS), then the row sums: a three-operand einsum loops in numpy, 5 ms per crop.
+        squared = ((differences @ self.precision) * differences).sum(-1)
         return np.sqrt(np.maximum(squared, 0).min(1))
 
     def threshold(self, val_features: np.ndarray) -> float:
