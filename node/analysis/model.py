@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+from collections import OrderedDict
 from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 
@@ -17,7 +18,6 @@ import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
-import torchvision
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -28,15 +28,63 @@ WEIGHTS_FILE = "model.safetensors"
 SPEC_FILE = "model.json"
 
 
+GROWTH, BOTTLENECK, STEM_CHANNELS, BLOCKS = 32, 4, 64, (6, 12, 24, 16)  # DenseNet-121
+
+
+class DenseLayer(nn.Module):
+    """BN-ReLU-conv 1x1, BN-ReLU-conv 3x3; its GROWTH new channels appended to its input."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.norm1, self.relu1 = nn.BatchNorm2d(channels), nn.ReLU(inplace=True)
+        self.conv1 = nn.Conv2d(channels, BOTTLENECK * GROWTH, kernel_size=1, bias=False)
+        self.norm2, self.relu2 = nn.BatchNorm2d(BOTTLENECK * GROWTH), nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(BOTTLENECK * GROWTH, GROWTH, kernel_size=3, padding=1, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([x, self.conv2(self.relu2(self.norm2(self.conv1(self.relu1(self.norm1(x))))))], 1)
+
+
+def densenet121_features() -> nn.Sequential:
+    """torchvision's densenet121().features with a one-channel stem, module for module and name for name (its
+    weights load as they are), without importing torchvision: its import alone holds 164 MB of RSS."""
+    features = nn.Sequential()
+    features.add_module("conv0", nn.Conv2d(1, STEM_CHANNELS, kernel_size=7, stride=2, padding=3, bias=False))
+    features.add_module("norm0", nn.BatchNorm2d(STEM_CHANNELS))
+    features.add_module("relu0", nn.ReLU(inplace=True))
+    features.add_module("pool0", nn.MaxPool2d(kernel_size=3, stride=2, padding=1))
+    channels = STEM_CHANNELS
+    for number, layers in enumerate(BLOCKS, start=1):
+        block = nn.Sequential()
+        for index in range(layers):
+            block.add_module(f"denselayer{index + 1}", DenseLayer(channels + index * GROWTH))
+        features.add_module(f"denseblock{number}", block)
+        channels += layers * GROWTH
+        if number < len(BLOCKS):
+            features.add_module(f"transition{number}", nn.Sequential(OrderedDict([
+                ("norm", nn.BatchNorm2d(channels)), ("relu", nn.ReLU(inplace=True)),
+                ("conv", nn.Conv2d(channels, channels // 2, kernel_size=1, bias=False)),
+                ("pool", nn.AvgPool2d(kernel_size=2, stride=2))])))
+            channels //= 2
+    features.add_module("norm5", nn.BatchNorm2d(channels))
+    return features
+
+
 class KneeGrader(nn.Module):
-    """torchvision's DenseNet-121 with a single-channel stem; parameter names match torchvision's."""
+    """DenseNet-121 with a single-channel stem; parameter names (and initialisation) as torchvision's."""
 
     def __init__(self, num_classes: int = 5) -> None:
         super().__init__()
-        net = torchvision.models.densenet121(num_classes=num_classes)
-        net.features.conv0 = nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3, bias=False)
-        self.features = net.features
-        self.classifier = net.classifier
+        self.features = densenet121_features()
+        self.classifier = nn.Linear(self.features.norm5.num_features, num_classes)
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight)
+            elif isinstance(module, nn.BatchNorm2d):
+                nn.init.constant_(module.weight, 1)
+                nn.init.constant_(module.bias, 0)
+            elif isinstance(module, nn.Linear):
+                nn.init.constant_(module.bias, 0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Not torchvision's in-place ReLU: the feature map must stay intact for Grad-CAM hooks.
