@@ -1,13 +1,14 @@
 """(b) Where a radiograph's time goes, and how long it takes end to end; (c) sustained throughput; (d) peak RSS.
 
 Stage split: the node's own stage code in this process, one radiograph at a time (the batch a lone radiograph
-gets): decode, localize, crop + model + Grad-CAM, SC build, SR build, durable write of both, delivery by the real
-Dispatcher to a pynetdicom Storage SCP.  The reference is the model's plain forward (no Grad-CAM) on the same
-batch, with the same autocast as the node.
+gets): decode (at the resolution the analysis needs), localize, crop + model + Grad-CAM, SC, SR and SEG build,
+durable write of all three, delivery by the real Dispatcher to a pynetdicom Storage SCP.  The reference is the
+model's plain forward (no Grad-CAM) on the same batch, at the node's precision (its autocast).
 
 End to end: `knee-node serve` with the default worker settings, fed over C-STORE one radiograph at a time; the
 latency runs from the C-STORE acknowledgement to the SR's arrival at the destination.  Throughput: all
-radiographs sent at once, from the first send to the last SR in; the node's CPU time per radiograph beside it.
+radiographs sent at once (a burst), from the first send to the last SR in, each one's latency from the burst's
+start; the node's CPU time per radiograph beside it.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from bench.inputs import fresh_copies
 from bench.measure import cpu_seconds, percentile
 from node.analysis.decode import read_radiograph
 from node.analysis.grading import Analyzer
-from node.analysis.model import Grader, model_inputs
+from node.analysis.model import Grader, autocast, model_inputs
 from node.config import Config, Destination, WorkerConfig
 from node.dispatch import BATCH, Dispatcher
 from node.infra.audit import AuditLog
@@ -36,12 +37,13 @@ from node.queue import DELIVER, DeliverJob, open_queue
 from node.report import Equipment
 from node.report.outbox import Outbox
 from node.report.sc import build_sc
+from node.report.seg import build_seg
 from node.report.sr import build_sr
 from node.report.uids import derived_uid
 from node.scu import send
 from tests.helpers import NodeProcess, StoreScp, memory_mb
 
-STAGES = ("decode", "localize", "model + Grad-CAM", "SC build", "SR build", "write", "send")
+STAGES = ("decode", "localize", "model + Grad-CAM", "SC build", "SR build", "SEG build", "write", "send")
 RESULT_TIMEOUT = 120.0  # seconds for one SR to arrive before the run counts as failed
 
 
@@ -121,7 +123,7 @@ def stage_split(analyzer: Analyzer, copies: list[tuple[Path, str]], results: Res
         for index, (path, _) in enumerate(copies):
             times: dict[str, list[tuple[float, float]]] = {}
             with timed(times, "decode", grader.device):
-                radiograph = read_radiograph(path)
+                radiograph = read_radiograph(path, analyzer.resolution_mm)
             crops: list[np.ndarray] = []
             with (spy(analyzer.localizer, "find_knees", times, "localize", grader.device),
                   spy(grader, "predict", times, "model + Grad-CAM", grader.device, crops)):
@@ -130,8 +132,10 @@ def stage_split(analyzer: Analyzer, copies: list[tuple[Path, str]], results: Res
                 sc = build_sc(analysis, spec, equipment)
             with timed(times, "SR build", grader.device):
                 sr = build_sr(analysis, spec, equipment)
+            with timed(times, "SEG build", grader.device):
+                seg = [build_seg(analysis, spec, equipment)] if analysis.knees else []
             with timed(times, "write", grader.device):
-                written = [(output, outbox.write(output)[0]) for output in (sr, sc)]  # the worker's order
+                written = [(output, outbox.write(output)[0]) for output in (sr, sc, *seg)]  # the worker's order
             for output, file in written:
                 queue.put(f"{output.SOPInstanceUID}@DEST", DeliverJob(
                     path=str(file), destination="DEST", sop_instance_uid=output.SOPInstanceUID, source=path.name,
@@ -155,10 +159,10 @@ def stage_split(analyzer: Analyzer, copies: list[tuple[Path, str]], results: Res
 
 
 def model_reference(grader: Grader, batches: list[np.ndarray]) -> dict[str, float]:
-    """Median ms of the plain forward and of forward + Grad-CAM on the same batches, autocast as the node's."""
+    """Median ms of the plain forward and of forward + Grad-CAM on the same batches, at the node's precision."""
     samples: dict[str, list[tuple[float, float]]] = {}
     on = grader.device
-    with torch.inference_mode(), torch.autocast(on.type, dtype=torch.bfloat16, enabled=on.type == "cuda"):
+    with torch.inference_mode(), autocast(on):
         grader.module(model_inputs(batches[0], grader.spec.input_size, on))  # warm-up
         for crops in batches:
             inputs = model_inputs(crops, grader.spec.input_size, on)
@@ -198,12 +202,13 @@ def end_to_end(model_dir: Path, device: str, sources: dict[str, list[Path]], cou
             failed = [sent for sent in send([p for p, _ in copies], node.peer(), "STORESCU") if sent.status != 0]
             if failed:
                 raise RuntimeError(f"node refused {len(failed)} radiographs ({failed[0].reason})")
-            last = max(results.wait(derived_uid(uid, version, "sr")) for _, uid in copies)
+            burst = [results.wait(derived_uid(uid, version, "sr")) - started for _, uid in copies]
+            last = started + max(burst)
             for _, uid in copies:  # the node's CPU time counts the SCs' delivery too
                 results.wait(derived_uid(uid, version, "sc"))
             outcome[name] = {
                 "radiographs": len(latencies), "p50_s": percentile(latencies, 50), "p95_s": percentile(latencies, 95),
-                "latencies_s": latencies,
+                "latencies_s": latencies, "burst_p50_s": percentile(burst, 50), "burst_p95_s": percentile(burst, 95),
                 "throughput_radiographs": count, "per_minute": 60 * count / (last - started),
                 "node_cpu_s_per_radiograph": (cpu_seconds(pid) - cpu) / count}
         outcome["peak_rss_mb"] = memory_mb(pid, "VmHWM")
