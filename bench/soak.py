@@ -590,6 +590,7 @@ def reconcile(soak: Soak) -> dict[str, Any]:
         "answers_while_data_dir_full": dict(while_full),
         "queue_depth_max": {queue: max((d[queue] for d in depths), default=0) for queue in ("analyze", "deliver")},
         "memory": memory,
+        "samples": [sample | {"at": round(sample["at"] - soak.feed_started, 1)} for sample in soak.samples],
         "checks": checks,
         "passed": all(checks.values()),
     }
