@@ -63,7 +63,8 @@ def environment(model_dir: Path, weights: str) -> dict[str, Any]:
         "memory_gb": round(memory_kb / 2**20, 1), "load_average_start": os.getloadavg(),
         "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
         "python": platform.python_version(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-        "threading": {name: os.environ.get(name, "") for name in ("OMP_WAIT_POLICY", "OPJ_NUM_THREADS", "OPENBLAS_NUM_THREADS")},
+        "threading": {name: os.environ.get(name, "")
+                      for name in ("OMP_WAIT_POLICY", "OPJ_NUM_THREADS", "OPENBLAS_NUM_THREADS")},
         "pydicom": version("pydicom"), "pynetdicom": version("pynetdicom"), "highdicom": version("highdicom"),
         "dcmtk": (dcmtk or ["?"])[0].strip("$ "),
         "commit": commit.stdout.strip() + (" (modified tree)" if dirty else ""),
