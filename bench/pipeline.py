@@ -175,11 +175,12 @@ def model_reference(grader: Grader, batches: list[np.ndarray]) -> dict[str, floa
 
 
 def end_to_end(model_dir: Path, device: str, sources: dict[str, list[Path]], count: int, version: str,
-               results: ResultsScp, work: Path) -> dict[str, Any]:
-    """Latency (one at a time) and throughput (all at once) through `knee-node serve`, per input syntax."""
-    defaults = WorkerConfig()
-    worker = {"device": device, "threads": defaults.threads, "batch_size": defaults.batch_size,
-              "max_wait_ms": defaults.max_wait_ms}
+               results: ResultsScp, work: Path, policy: WorkerConfig | None = None) -> dict[str, Any]:
+    """Latency (one at a time) and throughput (all at once) through `knee-node serve`, per input syntax, with the
+    batching policy (batch_size, max_wait_ms) and threads of `policy` (the defaults unless given)."""
+    policy = policy or WorkerConfig()
+    worker = {"device": device, "threads": policy.threads, "batch_size": policy.batch_size,
+              "max_wait_ms": policy.max_wait_ms}
     node = NodeProcess(work / "node", model_dir, log_level="INFO", worker=worker,
                        destinations=[{"ae_title": "DEST", "host": "127.0.0.1", "port": results.port}]).start()
     assert node.process is not None
