@@ -578,6 +578,7 @@ def reconcile(soak: Soak) -> dict[str, Any]:
                                 for _, a in answers if a.sent)),
         "not_sent": dict(Counter(re.sub(r"[\d.:]+", "N", a.reason)[:60] for _, a in answers if not a.sent)),
         "orthanc_jobs": dict(Counter(jobs.values())),
+        "queues_at_end": status["queues"],  # acknowledged, still unfinished here, are counted lost above
         "lost": [asdict(r) | {"path": str(r.path)} for r in lost],
         "not_kept": [r.uid for r in not_kept],
         "results": {"arrivals": len(arrivals), "distinct": len(set(arrivals)), "again_by_node": by_node,
@@ -682,6 +683,7 @@ def render(report: dict[str, Any]) -> str:
             ["acknowledged, not kept", len(report["not_kept"])],
             ["C-STORE answers (direct senders)", report["answers"]],
             ["Orthanc routing jobs", report["orthanc_jobs"]],
+            ["node queues at the end", report["queues_at_end"]],
             ["results arrived / distinct", f"{results['arrivals']} / {results['distinct']}"],
             ["delivered again: by the node's recovery / after a resend", f"{results['again_by_node']} / "
                                                                           f"{results['again_after_a_resend']}"],
