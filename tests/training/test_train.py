@@ -22,7 +22,8 @@ def test_train_writes_a_loadable_calibrated_model_and_resumes(small_dataset: Pat
     assert spec == ModelSpec.read(out / "model.json")
     assert spec.sha256 == sha256_of(out / "model.safetensors")
     assert spec.input_size == 64 and spec.class_names == ("KL0", "KL1", "KL2", "KL3", "KL4")
-    assert 0.05 <= spec.temperature <= 20
+    # fit_temperature's bounds, e^-3..e^3: two epochs on a handful of crops may leave the fit at one of them.
+    assert round(np.exp(-3), 4) <= spec.temperature <= round(np.exp(3), 4)
     assert 0 <= spec.attention_threshold <= 1 and 0 <= spec.confidence_threshold < 1
     assert spec.familiarity_threshold > 0
     log = json.loads((out / "training.json").read_text())
