@@ -11,7 +11,7 @@ COPY pyproject.toml README.md ./
 COPY node ./node
 COPY models ./models
 # Editable: the bundled model is found beside the package (models/), as in a checkout.
-RUN pip install --no-cache-dir torch==2.14.1 torchvision==0.29.1 && pip install --no-cache-dir -e .
+RUN pip install --no-cache-dir torch==2.14.1 && pip install --no-cache-dir -e .
 
 USER node
 ENV KNEE_NODE_DATA_DIR=/data \

@@ -126,3 +126,16 @@ def test_the_bundled_model_is_compact_checksummed_and_calibrated() -> None:
     assert spec.temperature > 0 and spec.temperature != 1.0
     assert 0 < spec.confidence_threshold < 1 and 0 < spec.attention_threshold < 1
     assert "not for primary diagnosis" in (DEFAULT_MODEL_DIR / "MODEL_CARD.md").read_text()
+
+
+def test_the_network_is_torchvisions_densenet121_with_one_input_channel(
+        grader_inputs: tuple[KneeGrader, torch.Tensor]) -> None:
+    """The node builds DenseNet-121 itself (importing torchvision costs serve 164 MB): the same modules, names and
+    outputs as torchvision's, so weights move between the two as they are."""
+    torchvision = pytest.importorskip("torchvision")
+    module, images = grader_inputs
+    reference = torchvision.models.densenet121(num_classes=5)
+    reference.features.conv0 = torch.nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3, bias=False)
+    reference.load_state_dict(module.state_dict())  # strict: every name and shape the same
+    with torch.no_grad():
+        torch.testing.assert_close(module(images), reference.eval()(images))
