@@ -57,7 +57,7 @@ def echo(peer: Destination, calling_ae: str, timeout: float = 10, tls: ssl.SSLCo
     """The C-ECHO status, or None when no association could be made; `tls`: DICOM TLS with this context."""
     ae = client_ae(calling_ae, timeout)
     ae.add_requested_context(Verification)
-    association = ae.associate(peer.host, peer.port, ae_title=peer.ae_title, tls_args=(tls, peer.host) if tls else None)
+    association = associate(ae, peer, tls)
     if not association.is_established:
         return None
     try:
@@ -92,7 +92,7 @@ def send(paths: Iterable[Path], peer: Destination, calling_ae: str, timeout: flo
         ae.add_requested_context(sop_class, syntax)
     if not files:
         return
-    association = ae.associate(peer.host, peer.port, ae_title=peer.ae_title, tls_args=(tls, peer.host) if tls else None)
+    association = associate(ae, peer, tls)
     if not association.is_established:
         yield from (Sent(path, None, f"cannot associate with {peer}") for path in files)
         return
@@ -102,6 +102,19 @@ def send(paths: Iterable[Path], peer: Destination, calling_ae: str, timeout: flo
     finally:
         if association.is_established:
             association.release()
+
+
+def associate(ae: AE, peer: Destination, tls: ssl.SSLContext | None) -> Association:
+    """An association with `peer` (established or not), its socket sending at once.
+
+    pynetdicom writes a C-STORE as several small PDUs: with Nagle's algorithm each one after the first waited for
+    the peer's delayed ACK (40 ms on Linux), most of a small instance's send time.
+    """
+    association = ae.associate(peer.host, peer.port, ae_title=peer.ae_title, tls_args=(tls, peer.host) if tls else None)
+    if association.is_established:
+        with contextlib.suppress(OSError, AttributeError):  # a socket gone already fails the send that follows
+            association.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return association
 
 
 def send_c_store(association: Association, instance: Path | Dataset) -> Dataset:
@@ -138,8 +151,7 @@ class CStoreSender:
 
     def __init__(self, destination: Destination, calling_ae: str, timeout: float,
                  tls: ssl.SSLContext | None) -> None:
-        self.destination = destination
-        self.tls = (tls, destination.host) if tls is not None else None
+        self.destination, self.tls = destination, tls
         self.ae = client_ae(calling_ae, timeout)
         for sop_class in (SecondaryCaptureImageStorage, ComprehensiveSRStorage, SegmentationStorage):
             for syntax in (ExplicitVRLittleEndian, ImplicitVRLittleEndian):  # one each: a file streams only as is
@@ -161,15 +173,8 @@ class CStoreSender:
         """The association held, or a new one when there is none or it is no longer established."""
         if self.association is None or not self.association.is_established:
             self.close()
-            association = self.ae.associate(self.destination.host, self.destination.port,
-                                            ae_title=self.destination.ae_title, tls_args=self.tls)
+            association = associate(self.ae, self.destination, self.tls)
             self.association = association if association.is_established else None
-            if self.association is not None:
-                # pynetdicom writes a C-STORE as several small PDUs: with Nagle's algorithm each one after the first
-                # waited for the peer's delayed ACK (40 ms on Linux), most of a result's send time.  A socket gone
-                # already fails the send that follows.
-                with contextlib.suppress(OSError, AttributeError):
-                    self.association.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return self.association
 
     def store(self, association: Association, path: Path) -> Outcome:
