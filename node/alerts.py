@@ -25,7 +25,7 @@ from email.message import EmailMessage
 from typing import Any
 
 from node.config import AlertsConfig
-from node.infra.logs import log_event
+from node.infra.logs import describe, log_event
 from node.queue import ANALYZE, DELIVER, Queue
 
 CHECK_SECONDS = 15.0
@@ -124,7 +124,7 @@ class Alerter:
                 sent = True
             except Exception as error:  # never the node's problem: logged, tried again at the next check
                 log_event("alert_failed", logging.WARNING, channel=channel, alert=alert["alert"], queue=alert["queue"],
-                          reason=" ".join(f"{type(error).__name__}: {error}".split()))
+                          reason=describe(error))
         if sent:
             log_event("alert_sent", alert=alert["alert"], queue=alert["queue"], summary=alert["summary"])
         return sent

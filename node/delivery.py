@@ -29,8 +29,3 @@ class Sender(Protocol):
 
     def close(self) -> None:
         """Let go of any connection held (idle, or stopping); the next send opens a new one."""
-
-
-def describe(error: BaseException) -> str:
-    """An exception as one line of a reason: its type and message."""
-    return " ".join(f"{type(error).__name__}: {error}".split())

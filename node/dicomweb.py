@@ -34,7 +34,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from node.config import Destination
-from node.delivery import Outcome, describe
+from node.delivery import Outcome
+from node.infra.logs import describe
 from node.instances import DecodeError, read_header
 
 MAX_REQUEST_BYTES = 64 * 1024 * 1024  # files per request up to this size in all (at least one file)

@@ -24,7 +24,8 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 
 from node.config import Destination
-from node.delivery import Outcome, describe
+from node.delivery import Outcome
+from node.infra.logs import describe
 from node.instances import DecodeError, read_header
 
 SUCCESS = 0x0000

@@ -54,6 +54,11 @@ def log_event(event: str, level: int = logging.INFO, traceback: bool = False, **
     LOGGER.log(level, event, exc_info=traceback, extra={"fields": fields})
 
 
+def describe(error: BaseException) -> str:
+    """An exception as one line of a reason (logs, dead letters, alerts): its type and message."""
+    return " ".join(f"{type(error).__name__}: {error}".split())
+
+
 def pseudonym_key(data_dir: Path) -> bytes:
     """The node's secret for pseudonyms, made at first start in data_dir (shared by the processes using it)."""
     path = data_dir / PSEUDONYM_KEY_FILE
