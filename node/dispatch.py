@@ -66,7 +66,7 @@ class Dispatcher:
             while not self.expired():
                 if stop.is_set() and self.deadline == math.inf:
                     self.deadline = time.monotonic() + drain_seconds
-                self.close_idle()
+                self.close_idle(IDLE_SECONDS)
                 try:
                     jobs = self.queue.claim(DELIVER, BATCH)
                     if not jobs:
@@ -89,18 +89,17 @@ class Dispatcher:
     def expired(self) -> bool:
         return time.monotonic() >= self.deadline
 
-    def close_idle(self) -> None:
+    def close_idle(self, idle_seconds: float) -> None:
+        """Release the connections of destinations unused for `idle_seconds`."""
         now = time.monotonic()
         for name, used in list(self.last_used.items()):
-            if now - used >= IDLE_SECONDS:
+            if now - used >= idle_seconds:
                 self.senders[name].close()
                 del self.last_used[name]
 
     def close(self) -> None:
         """Release every destination's connection."""
-        for name in list(self.last_used):
-            self.senders[name].close()
-            del self.last_used[name]
+        self.close_idle(0.0)
 
     def deliver(self, name: str, jobs: list[Job]) -> None:
         """Send `jobs` (all for destination `name`) in order, settling each with the queue as its outcome comes."""
@@ -116,7 +115,6 @@ class Dispatcher:
             else:
                 self.queue.bury(job, f"result file {job.message.path} is missing")
         outcomes = sender.send([Path(job.message.path) for job in present])
-        self.last_used[name] = time.monotonic()
         try:
             for index, job in enumerate(present):
                 if self.expired():
